@@ -1,0 +1,72 @@
+"""Terminal output helpers: the epoch progress bar, result tables and error lines."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+# Progress and status go to stderr, results to stdout, so `cifartune ... > file` keeps results.
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+
+def pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}%"
+
+
+def duration(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+class EpochProgress:
+    """A bar over epochs with loss, accuracy, images/s and ETA, plus one kept line per epoch
+    (the accuracy curve stays in the terminal log)."""
+
+    def __init__(self, progress: Progress, total: float, label: str) -> None:
+        self.progress = progress
+        self.task = progress.add_task(label, total=total, stats="starting...")
+
+    def __call__(self, r) -> None:  # r: EpochReport
+        ev = f"{r.eval_split} acc {pct(r.eval_accuracy)}" if r.eval_split else ""
+        stats = (f"epoch {r.epoch}/{r.epochs}  loss {r.train_loss:.3f}  train acc "
+                 f"{pct(r.train_accuracy)}  {ev}  {r.images_per_second:.0f} img/s")
+        self.progress.update(self.task, completed=r.epoch, total=r.epochs, stats=stats)
+        self.progress.console.print(f"  {stats}  ({duration(r.train_seconds)} training)")
+
+
+@contextmanager
+def epoch_progress(total: float, label: str = "training"):
+    columns = [TextColumn("{task.description}"), BarColumn(bar_width=24),
+               TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"),
+               TimeRemainingColumn()]
+    with Progress(*columns, console=err, transient=False, disable=not err.is_terminal) as p:
+        yield EpochProgress(p, total, label)
+
+
+@contextmanager
+def download_progress():
+    columns = [TextColumn("downloading"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+               TimeRemainingColumn()]
+    with Progress(*columns, console=err, transient=True) as p:
+        task = p.add_task("download", total=None)
+
+        def update(done: int, total: int) -> None:
+            p.update(task, completed=done, total=total or None)
+        yield update
+
+
+def error(message: str) -> None:
+    print(f"cifartune: error: {message}", file=sys.stderr)

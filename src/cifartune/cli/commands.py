@@ -1,0 +1,151 @@
+"""Handlers of the training-side commands: train, evaluate, predict, data, export, config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from cifartune.cli import _progress as ui
+from cifartune.config import Config, apply, describe_keys, resolve_config
+from cifartune.data import Dataset, prepare_data
+from cifartune.errors import CifartuneError
+
+
+def resolve_args(args: argparse.Namespace) -> Config:
+    config = resolve_config(args.preset, args.config, args.overrides)
+    if getattr(args, "data", None):
+        config = apply(config, {"data.path": str(Path(args.data).expanduser().resolve())})
+    return config
+
+
+def default_out(kind: str) -> Path:
+    return Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def load_data(config: Config) -> Dataset:
+    with ui.download_progress() as progress:
+        data = prepare_data(config.data, progress=progress)
+    ui.err.print(f"data: {data.describe()}")
+    return data
+
+
+def print_evaluation(ev, title: str) -> None:
+    ui.out.print(f"\n{title}\n")
+    ui.out.print(ev.report_text)
+    line = f"accuracy: {ui.pct(ev.accuracy)} on all {ev.n} images"
+    if ev.accuracy_lossless is not None and ev.n_lossless < ev.n:
+        line += (f" | {ui.pct(ev.accuracy_lossless)} on the {ev.n_lossless} lossless (headline)"
+                 f" | {ui.pct(ev.accuracy_lossy)} on the {ev.n - ev.n_lossless} JPEG re-encoded")
+    ui.out.print(line)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from cifartune.models import create_model, model_stats
+    from cifartune.train import train
+    from cifartune.train.run import evaluate_model, start_run, write_run
+
+    started = time.perf_counter()
+    config = resolve_args(args)
+    out = Path(args.out) if args.out else default_out("train")
+    start_run(out, config)
+    ui.err.print(f"run folder: {out}  (resolved config in {out / 'config.toml'})")
+    data = load_data(config)
+    stats = model_stats(create_model(config.model, data.num_classes))
+    ui.err.print(f"model: {config.model.arch}, {stats.describe()}")
+    with ui.epoch_progress(config.train.epochs) as bar:
+        result = train(config, data, on_epoch=bar)
+    ui.err.print(f"evaluating the test set (tta={config.train.tta})...")
+    test, _ = evaluate_model(result.model, data.test, data.classes, config, result.device)
+    val = None
+    if data.val is not None:
+        val, _ = evaluate_model(result.model, data.val, data.classes, config, result.device)
+    metrics = write_run(out, result, test, val)
+    print_evaluation(test, f"test set ({data.source}), tta={config.train.tta}")
+    if val is not None:
+        ui.out.print(f"validation accuracy: {ui.pct(val.accuracy)} on {val.n} held-out images")
+    total = time.perf_counter() - started
+    ui.out.print(
+        f"training: {ui.duration(result.train_seconds)} ({result.train_seconds:.1f} s), "
+        f"{metrics['images_per_second']:.0f} images/s, {metrics['gflops_per_second']:.0f} "
+        f"GFLOP/s achieved; whole command {ui.duration(total)}; peak memory "
+        f"{metrics['peak_memory_mb'] / 1024:.2f} GB")
+    ui.out.print(f"wrote {out}/model.safetensors, metrics.json, confusion.csv")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from cifartune.train._device import resolve_device
+    from cifartune.train.checkpoint import load_checkpoint
+    from cifartune.train.run import evaluate_model, write_metrics
+
+    device = resolve_device("auto")
+    ckpt = load_checkpoint(args.checkpoint, device)
+    config = ckpt.config
+    overrides: dict = {"data.val_size": 0, "data.train_limit": 0}
+    if args.data:
+        overrides["data.path"] = str(Path(args.data).expanduser().resolve())
+    if args.tta is not None:
+        overrides["train.tta"] = args.tta
+    config = apply(config, overrides)
+    data = load_data(config)
+    if data.classes != ckpt.classes:
+        raise CifartuneError(f"the dataset's classes {data.classes} differ from the model's "
+                             f"{ckpt.classes}; pass the dataset it was trained on with --data")
+    ev, _ = evaluate_model(ckpt.model, data.test, data.classes, config, device)
+    print_evaluation(ev, f"{ckpt.path} on the test set ({data.source}), tta={config.train.tta}")
+    out = Path(args.out) if args.out else ckpt.path.parent / "evaluate"
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = {"checkpoint": str(ckpt.path), "test_accuracy": ev.accuracy,
+               "test_accuracy_lossless": ev.accuracy_lossless,
+               "test_accuracy_lossy": ev.accuracy_lossy, "n_test": ev.n,
+               "n_test_lossless": ev.n_lossless, "tta": config.train.tta,
+               "classes": ev.classes, "per_class": ev.per_class, "macro_avg": ev.macro_avg,
+               "weighted_avg": ev.weighted_avg, "confusion_matrix": ev.confusion}
+    write_metrics(out, metrics, ev)
+    ui.out.print(f"wrote {out}/metrics.json, confusion.csv")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from cifartune.train.checkpoint import load_checkpoint
+    from cifartune.train.predict import predict_files
+
+    ckpt = load_checkpoint(args.checkpoint)
+    for path, top in predict_files(ckpt, [Path(p) for p in args.images], args.top):
+        ranked = ", ".join(f"{name} {100 * p:.1f}%" for name, p in top)
+        ui.out.print(f"{path}: {ranked}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from cifartune.data.verify import verify_dataset
+
+    config = Config()
+    if args.data:
+        config = apply(config, {"data.path": str(Path(args.data).expanduser().resolve())})
+    data = load_data(config)
+    for line in verify_dataset(data, config.data.path or None):
+        ui.out.print(line)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from cifartune.train.checkpoint import load_checkpoint
+    from cifartune.train.export import export_onnx
+
+    ckpt = load_checkpoint(args.checkpoint)
+    export_onnx(ckpt.model, Path(args.output))
+    ui.out.print(f"wrote {args.output} (input: float32 RGB in [0, 1], shape (N, 3, 32, 32); "
+                 f"output: logits over {', '.join(ckpt.classes)})")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.keys:
+        for key, help_text, default in describe_keys():
+            ui.out.print(f"{key} = {json.dumps(default)}\n    {help_text}")
+        return 0
+    ui.out.print(resolve_args(args).to_toml())
+    return 0

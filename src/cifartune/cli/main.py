@@ -1,0 +1,106 @@
+"""`cifartune` command line: parses arguments, calls library functions, prints results."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cifartune import __version__
+from cifartune.cli import _progress as ui
+from cifartune.errors import CifartuneError
+
+EPILOG = """examples:
+  cifartune train                                  # the fast recipe (~94%% on CIFAR-10)
+  cifartune train --preset seed --set epochs=2     # the original Keras ResNet configuration
+  cifartune train --set seed=1 --set lr=0.2 --out runs/lr02
+  cifartune evaluate runs/lr02                     # test accuracy, report, confusion matrix
+  cifartune predict runs/lr02 cat.jpg dog.png      # top-3 classes per image
+  cifartune data                                   # where the data is, and is it sound
+data: --data PATH or $CIFARTUNE_DATA; without either, CIFAR-10 is downloaded to ~/.cache/cifartune.
+"""
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", help="named recipe: fast (default) or seed (the original Keras "
+                   "ResNet)")
+    p.add_argument("--config", action="append", default=[], metavar="FILE",
+                   help="TOML config file (repeatable; later files win)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override one config key, e.g. --set epochs=2 --set optim.lr=0.1 "
+                   "(see 'cifartune config --keys')")
+    p.add_argument("--data", metavar="PATH", help="dataset folder or archive (default: "
+                   "$CIFARTUNE_DATA, else download to the per-user cache)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from cifartune.cli import commands as c
+
+    parser = argparse.ArgumentParser(
+        prog="cifartune", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Train ResNet-style CIFAR-10 classifiers fast and tune their "
+                    "hyperparameters.")
+    parser.add_argument("--version", action="version", version=f"cifartune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("train", help="train a model and report its test accuracy",
+                       description="Train with a preset/config/overrides; writes OUT/config.toml, "
+                       "OUT/model.safetensors, OUT/metrics.json and OUT/confusion.csv.")
+    _config_args(p)
+    p.add_argument("--out", metavar="DIR", help="run folder (default: runs/train-<time>)")
+    p.set_defaults(func=c.cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint on the test set",
+                       description="Accuracy (all and lossless test images), classification "
+                       "report and confusion matrix of a trained model.")
+    p.add_argument("checkpoint", help="run folder or .safetensors file")
+    p.add_argument("--data", metavar="PATH", help="dataset (default: the one it was trained on)")
+    p.add_argument("--tta", type=int, choices=(0, 1, 2), help="override test-time augmentation")
+    p.add_argument("--out", metavar="DIR", help="where to write metrics.json "
+                   "(default: <run>/evaluate)")
+    p.set_defaults(func=c.cmd_evaluate)
+
+    p = sub.add_parser("predict", help="classify image files (top-3 classes)",
+                       description="Classify images of any size or format Pillow reads "
+                       "(centre-cropped to a square and resized to 32x32).")
+    p.add_argument("checkpoint", help="run folder or .safetensors file")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--top", type=int, default=3, help="classes to show per image (default 3)")
+    p.set_defaults(func=c.cmd_predict)
+
+    p = sub.add_parser("data", help="show and verify the dataset that would be used",
+                       description="Find (and if need be download) the dataset, check it, and "
+                       "print what it holds.")
+    p.add_argument("--data", metavar="PATH", help="dataset folder or archive")
+    p.set_defaults(func=c.cmd_data)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX",
+                       description="Write an ONNX model taking float32 RGB in [0, 1], shape "
+                       "(N, 3, 32, 32), returning logits (N, classes).")
+    p.add_argument("checkpoint", help="run folder or .safetensors file")
+    p.add_argument("output", metavar="OUT.onnx")
+    p.set_defaults(func=c.cmd_export)
+
+    p = sub.add_parser("config", help="print a resolved config, or list every key",
+                       description="Print the config that train would use, as TOML.")
+    _config_args(p)
+    p.add_argument("--keys", action="store_true", help="list every key with its default and "
+                   "meaning")
+    p.set_defaults(func=c.cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except CifartuneError as e:
+        ui.error(str(e))
+        return 2
+    except KeyboardInterrupt:
+        ui.error("interrupted; completed files in the run folder are intact")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""Data: sources, the in-memory dataset and validation split, device batches, augmentation."""
+
+from cifartune.config import DataConfig
+from cifartune.data._download import Progress
+from cifartune.data.dataset import (
+    CIFAR10_CLASSES,
+    Dataset,
+    Split,
+    channel_stats,
+    limit,
+    split_validation,
+)
+from cifartune.data.sources import load_dataset
+
+
+def prepare_data(cfg: DataConfig, progress: Progress | None = None) -> Dataset:
+    """Load the configured dataset, apply slices and hold out the validation split."""
+    ds = load_dataset(cfg.path or None, progress=progress)
+    ds = limit(ds, cfg.train_limit, cfg.test_limit, seed=cfg.val_seed)
+    return split_validation(ds, cfg.val_size, cfg.val_seed)
+
+
+__all__ = ["CIFAR10_CLASSES", "Dataset", "Split", "channel_stats", "limit", "load_dataset",
+           "prepare_data", "split_validation"]

@@ -1,0 +1,53 @@
+"""Shared fixtures: small slices of the real CIFAR-10 data (from $CIFARTUNE_DATA or
+../shared/cifar10) and tiny configs that train in seconds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cifartune.config import Config, resolve_config
+from cifartune.data import Dataset, limit, load_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_root() -> Path:
+    env = os.environ.get("CIFARTUNE_DATA")
+    root = Path(env) if env else REPO.parent / "shared" / "cifar10"
+    if not (root / "train.npz").exists():
+        pytest.skip(f"no CIFAR-10 npz data at {root}; set CIFARTUNE_DATA")
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar_root() -> Path:
+    return data_root()
+
+
+@pytest.fixture(scope="session")
+def cifar(cifar_root: Path) -> Dataset:
+    return load_dataset(cifar_root)
+
+
+@pytest.fixture(scope="session")
+def small(cifar: Dataset) -> Dataset:
+    """1,000 training and 500 test images (stratified, both lossless and JPEG test images)."""
+    return limit(cifar, train=1000, test=500, seed=0)
+
+
+TINY = ["epochs=1", "batch_size=100", "widths=[16,32,32]", "eval_batch_size=250"]
+
+
+@pytest.fixture
+def tiny_config(cifar_root: Path) -> Config:
+    return resolve_config(overrides=TINY + [f"data.path='{cifar_root}'", "train_limit=1000",
+                                            "test_limit=500"])
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)

@@ -1,0 +1,170 @@
+"""The command line end to end on a small slice, and every bad input giving a one-line
+error with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cifartune.cli.main import main
+
+SLICE = ["--set", "epochs=1", "--set", "batch_size=100", "--set", "widths=[16,32,32]",
+         "--set", "train_limit=1000", "--set", "test_limit=500"]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cifartune.cli.main", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, cifar_root) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "--data", str(cifar_root), *SLICE, "--out", str(out)]) == 0
+    return out
+
+
+def test_train_writes_config_checkpoint_and_metrics(run_dir, capsys):
+    for name in ("config.toml", "model.safetensors", "metrics.json", "confusion.csv"):
+        assert (run_dir / name).exists(), name
+    m = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("test_accuracy", "test_accuracy_lossless", "epochs", "train_seconds",
+                "images_per_second", "per_class", "confusion_matrix", "history"):
+        assert key in m, key
+    assert 0.1 < m["test_accuracy"] <= 1 and m["n_test"] == 500
+    assert sum(map(sum, m["confusion_matrix"])) == 500
+    assert set(m["per_class"]) == {"airplane", "automobile", "bird", "cat", "deer", "dog",
+                                   "frog", "horse", "ship", "truck"}
+    assert "epochs = 1.0" in (run_dir / "config.toml").read_text()
+
+
+def test_train_prints_report_and_lossless_figure(cifar_root, tmp_path):
+    r = cli("train", "--data", str(cifar_root), *SLICE, "--out", str(tmp_path / "r"))
+    assert r.returncode == 0, r.stderr
+    assert "precision    recall  f1-score   support" in r.stdout
+    assert "macro avg" in r.stdout and "weighted avg" in r.stdout
+    assert "lossless (headline)" in r.stdout and "images/s" in r.stdout
+    assert "epoch 1/1" in r.stderr and "GFLOP per image" in r.stderr
+
+
+def test_evaluate_matches_training_metrics(run_dir, capsys):
+    assert main(["evaluate", str(run_dir)]) == 0
+    m = json.loads((run_dir / "metrics.json").read_text())
+    e = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
+    assert e["test_accuracy"] == m["test_accuracy"]
+    assert e["test_accuracy_lossless"] == m["test_accuracy_lossless"]
+    assert "macro avg" in capsys.readouterr().out
+
+
+def test_predict_any_image_size(run_dir, cifar, tmp_path, capsys):
+    paths = []
+    for i, size in enumerate([(32, 32), (200, 120), (17, 40)]):
+        p = tmp_path / f"img{i}.{'png' if i % 2 else 'jpg'}"
+        Image.fromarray(cifar.test.x[i]).resize(size).save(p)
+        paths.append(str(p))
+    assert main(["predict", str(run_dir), *paths]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3
+    for line in lines:
+        probs = [float(t.rstrip("%,")) for t in line.split() if t.endswith(("%", "%,"))]
+        assert len(probs) == 3 and probs == sorted(probs, reverse=True)
+
+
+def test_export_onnx_matches_torch(run_dir, cifar, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(run_dir), str(out)]) == 0
+    import torch
+
+    from cifartune.train.checkpoint import load_checkpoint
+
+    model = load_checkpoint(run_dir).model.float()
+    x = cifar.test.x[:64].transpose(0, 3, 1, 2).astype(np.float32) / 255
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).argmax(1).numpy()
+    sess = ort.InferenceSession(str(out))
+    got = sess.run(None, {sess.get_inputs()[0].name: x})[0].argmax(1)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_data_command_shows_and_verifies(cifar_root, capsys):
+    assert main(["data", "--data", str(cifar_root)]) == 0
+    out = capsys.readouterr().out
+    assert "50000 images" in out and "1000 lossless" in out and "sha256 train.npz: OK" in out
+
+
+def test_config_command(capsys):
+    assert main(["config", "--preset", "seed", "--set", "epochs=2"]) == 0
+    assert "epochs = 2.0" in capsys.readouterr().out
+    assert main(["config", "--keys"]) == 0
+    assert "train.label_smoothing" in capsys.readouterr().out
+
+
+def test_interrupted_training_leaves_no_half_written_checkpoint(cifar_root, tmp_path):
+    """SIGINT during training: exit 130, config kept, no checkpoint or temp file."""
+    import signal
+    import time
+
+    out = tmp_path / "r"
+    proc = subprocess.Popen([sys.executable, "-m", "cifartune.cli.main", "train", "--data",
+                             str(cifar_root), "--set", "epochs=50", "--set", "train_limit=2000",
+                             "--set", "batch_size=100", "--set", "widths=[16,32,32]",
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 120
+    while not (out / "config.toml").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "interrupted" in err and "Traceback" not in err
+    assert (out / "config.toml").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["config.toml"]
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def _bad(args: list[str], fragment: str) -> None:
+    r = cli(*args)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cifartune: error:"), r.stderr
+    assert fragment in lines[0], lines[0]
+
+
+def test_bad_inputs(tmp_path, run_dir):
+    (tmp_path / "empty_dir").mkdir()
+    (tmp_path / "empty_dir" / "x.txt").write_text("x")
+    bad_toml = tmp_path / "bad.toml"
+    bad_toml.write_text("[train]\nepoch = 2\n")
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("not an image")
+    _bad(["train", "--data", str(tmp_path / "empty_dir"), "--out", str(tmp_path / "o")],
+         "no dataset found")
+    _bad(["train", "--set", "lr=fast"], "optim.lr must be float")
+    _bad(["train", "--set", "learning_rate=0.1"], "unknown config key 'learning_rate'")
+    _bad(["train", "--config", str(bad_toml)], "unknown config key 'train.epoch'")
+    _bad(["train", "--preset", "turbo"], "unknown preset 'turbo'")
+    _bad(["predict", str(run_dir), str(not_image)], "cannot read image")
+    _bad(["predict", str(run_dir), str(tmp_path / "nope.jpg")], "does not exist")
+    _bad(["evaluate", str(tmp_path / "no_run")], "does not exist")
+    _bad(["evaluate", str(not_image)], "not a readable safetensors checkpoint")
+
+
+def test_no_network_download_error(tmp_path):
+    import os
+
+    env = {**os.environ, "CIFARTUNE_DATA": str(tmp_path / "cache"),
+           "CIFARTUNE_URL": "http://127.0.0.1:9/cifar-10-python.tar.gz"}
+    r = subprocess.run([sys.executable, "-m", "cifartune.cli.main", "data"], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "could not download" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -1,0 +1,107 @@
+import math
+
+import pytest
+import torch
+
+from cifartune.config import ScheduleConfig, apply
+from cifartune.errors import DivergenceError
+from cifartune.train import train
+from cifartune.train.checkpoint import load_checkpoint, save_checkpoint
+from cifartune.train.optim import lr_factor
+from cifartune.train.run import evaluate_model
+
+
+def test_trains_reports_epochs_and_learns(tiny_config, small):
+    cfg = apply(tiny_config, {"epochs": 3, "val_size": 0})
+    reports = []
+    result = train(cfg, small, on_epoch=reports.append)
+    assert [r.epoch for r in reports] == [1, 2, 3] and result.history == reports
+    assert reports[-1].train_loss < reports[0].train_loss
+    assert reports[-1].eval_split == "test" and reports[-1].eval_accuracy > 0.2  # chance: 0.1
+    assert result.images_seen == 3 * (len(small.train) // 100) * 100
+    assert result.train_seconds > 0 and result.images_per_second > 0
+
+
+def test_seeded_runs_are_reproducible(tiny_config, small):
+    a = train(tiny_config, small).model.state_dict()
+    b = train(tiny_config, small).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    c = train(apply(tiny_config, {"seed": 1}), small).model.state_dict()
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+@pytest.mark.parametrize("optimizer", ["muon", "sgd", "adam", "adamw"])
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "exponential", "linear"])
+def test_every_optimizer_and_schedule_trains(tiny_config, small, optimizer, schedule):
+    lr = {"muon": 0.24, "sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}[optimizer]
+    cfg = apply(tiny_config, {"optimizer": optimizer, "schedule": schedule, "lr": lr,
+                              "l2": 5e-4 if optimizer == "adam" else 0.0,
+                              "warmup_epochs": 0.2, "train_limit": 300})
+    result = train(cfg, small)
+    assert math.isfinite(result.history[-1].train_loss)
+
+
+@pytest.mark.parametrize("averaging", ["ema", "lookahead"])
+def test_weight_averaging(tiny_config, small, averaging):
+    cfg = apply(tiny_config, {"averaging": averaging, "ema_every": 2, "ema_decay": 0.5})
+    plain = train(apply(tiny_config, {}), small).model.state_dict()
+    averaged = train(cfg, small).model.state_dict()
+    assert any(not torch.equal(plain[k], averaged[k]) for k in plain)
+
+
+def test_resnet_with_dropout_and_affine_augmentation(tiny_config, small):
+    cfg = apply(tiny_config, {"arch": "resnet", "depth": 2, "width": 8, "units": 32,
+                              "dropout": 0.3, "rotate": 15.0, "shift": 0.1, "zoom": 0.1,
+                              "cutout": 8, "optimizer": "adam", "lr": 1e-3})
+    assert math.isfinite(train(cfg, small).history[-1].train_loss)
+
+
+def test_divergence_raises_a_typed_error(tiny_config, small):
+    cfg = apply(tiny_config, {"optimizer": "sgd", "lr": 1e12, "momentum": 0.9,
+                              "precision": "fp32", "label_smoothing": 0.0})
+    with pytest.raises(DivergenceError) as e:
+        train(cfg, small)
+    assert e.value.step >= 0 and "diverged" in str(e.value)
+
+
+def test_pruning_exception_from_the_callback_stops_training(tiny_config, small):
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def on_epoch(r):
+        seen.append(r.epoch)
+        raise Stop
+
+    with pytest.raises(Stop):
+        train(apply(tiny_config, {"epochs": 3}), small, on_epoch=on_epoch)
+    assert seen == [1]
+
+
+def test_lr_schedules():
+    s = ScheduleConfig(schedule="linear", warmup_epochs=1, final_lr=0.0)
+    assert lr_factor(0, 100, 10, s) == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10, s) == pytest.approx(1.0)
+    assert lr_factor(99, 100, 10, s) < 0.02
+    cos = ScheduleConfig(schedule="cosine", final_lr=0.1)
+    assert lr_factor(0, 100, 10, cos) == pytest.approx(1.0)
+    assert lr_factor(50, 100, 10, cos) == pytest.approx(0.55)
+    exp = ScheduleConfig(schedule="exponential", decay_rate=0.5)
+    assert lr_factor(20, 100, 10, exp) == pytest.approx(0.25)
+    assert lr_factor(70, 100, 10, ScheduleConfig(schedule="constant")) == 1.0
+
+
+def test_checkpoint_round_trip_gives_identical_predictions(tiny_config, small, tmp_path):
+    result = train(tiny_config, small)
+    path = tmp_path / "run" / "model.safetensors"
+    save_checkpoint(path, result.model, result.config, small.classes)
+    ckpt = load_checkpoint(path.parent)
+    assert ckpt.config == result.config and ckpt.classes == small.classes
+    before, logits_a = evaluate_model(result.model, small.test, small.classes, tiny_config,
+                                      torch.device("cpu"))
+    after, logits_b = evaluate_model(ckpt.model, small.test, small.classes, tiny_config,
+                                     torch.device("cpu"))
+    assert (logits_a.argmax(1) == logits_b.argmax(1)).all()
+    assert before.accuracy == after.accuracy
+    assert list(tmp_path.glob("run/*.tmp")) == []  # nothing half-written left behind
