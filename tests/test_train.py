@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from cifartune.config import ScheduleConfig, apply
+from cifartune.data import limit
 from cifartune.errors import DivergenceError
 from cifartune.train import train
 from cifartune.train.checkpoint import load_checkpoint, save_checkpoint
@@ -30,14 +31,14 @@ def test_seeded_runs_are_reproducible(tiny_config, small):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-@pytest.mark.parametrize("optimizer", ["muon", "sgd", "adam", "adamw"])
-@pytest.mark.parametrize("schedule", ["constant", "cosine", "exponential", "linear"])
-def test_every_optimizer_and_schedule_trains(tiny_config, small, optimizer, schedule):
+@pytest.mark.parametrize("optimizer, schedule", [
+    ("muon", "linear"), ("sgd", "cosine"), ("adam", "exponential"), ("adamw", "constant")])
+def test_every_optimizer_trains(tiny_config, small, optimizer, schedule):
     lr = {"muon": 0.24, "sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}[optimizer]
     cfg = apply(tiny_config, {"optimizer": optimizer, "schedule": schedule, "lr": lr,
                               "l2": 5e-4 if optimizer == "adam" else 0.0,
-                              "warmup_epochs": 0.2, "train_limit": 300})
-    result = train(cfg, small)
+                              "warmup_epochs": 0.2})
+    result = train(cfg, limit(small, train=300))
     assert math.isfinite(result.history[-1].train_loss)
 
 

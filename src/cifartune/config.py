@@ -82,9 +82,9 @@ class OptimConfig:
     momentum: float = _f(0.6, "SGD/Muon momentum; Adam beta1", lo=0, hi=0.9999)
     nesterov: bool = _f(True, "Nesterov momentum (SGD, Muon)")
     beta2: float = _f(0.999, "Adam beta2", lo=0, hi=0.99999)
-    weight_decay: float = _f(0.004, "sgd/adam: coupled decay; adamw: decoupled (PyTorch units); "
-                             "muon: fraction of bias/head weights removed per step at peak lr",
-                             lo=0)
+    weight_decay: float = _f(0.004, "sgd: coupled decay (PyTorch units); adamw: decoupled "
+                             "(PyTorch units); adam: unused (use l2); muon: fraction of "
+                             "bias/head weights removed per step at peak lr", lo=0)
     l2: float = _f(0.0, "L2 penalty added to the loss, Keras units: l2 * sum(w^2) over weights",
                    lo=0)
     bias_lr: float = _f(0.053, "muon: SGD lr of biases and norms, per example (loss summed)", lo=0)
@@ -119,6 +119,8 @@ class TrainConfig:
     ema_every: int = _f(5, "ema/lookahead: steps between updates", lo=1)
     tta: int = _f(2, "test-time augmentation: 0 none, 1 flip, 2 flip + translate", lo=0, hi=2)
     eval_batch_size: int = _f(1000, "images per evaluation batch", lo=1)
+    monitor_images: int = _f(2000, "without a validation split, the per-epoch accuracy curve "
+                             "uses this many test images, a stratified slice (0 = all)", lo=0)
 
 
 @dataclass
@@ -301,19 +303,19 @@ def load_config_dict(tree: dict[str, Any]) -> Config:
 
 # ----------------------------------------------------------------------------- TOML out
 
-def _toml_value(v: Any) -> str:
+def toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, str):
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(v, list | tuple):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
     return repr(v)
 
 
 def to_toml(tree: dict[str, Any], prefix: str = "") -> str:
     """Minimal TOML writer for nested dicts of scalars and lists (what configs hold)."""
-    scalars = [f"{k} = {_toml_value(v)}" for k, v in tree.items() if not isinstance(v, dict)]
+    scalars = [f"{k} = {toml_value(v)}" for k, v in tree.items() if not isinstance(v, dict)]
     lines = []
     if scalars:
         if prefix:

@@ -49,9 +49,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     config = resolve_args(args)
     out = Path(args.out) if args.out else default_out("train")
+    data = load_data(config)  # before the run folder: bad data leaves nothing behind
     start_run(out, config)
     ui.err.print(f"run folder: {out}  (resolved config in {out / 'config.toml'})")
-    data = load_data(config)
     stats = model_stats(create_model(config.model, data.num_classes))
     ui.err.print(f"model: {config.model.arch}, {stats.describe()}")
     with ui.epoch_progress(config.train.epochs) as bar:

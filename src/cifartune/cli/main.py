@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keys", action="store_true", help="list every key with its default and "
                    "meaning")
     p.set_defaults(func=c.cmd_config)
+
+    from cifartune.cli.search_cmds import add_search_parser
+
+    add_search_parser(sub)
     return parser
 
 

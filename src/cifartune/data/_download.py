@@ -35,7 +35,14 @@ def _fetch(url: str, part: Path, progress: Progress | None) -> None:
             have = 0
         total = int(resp.headers.get("Content-Length") or 0) + have
         with open(part, "ab" if have else "wb") as f:
-            while block := resp.read(CHUNK):
+            while True:
+                try:
+                    block = resp.read(CHUNK)
+                except http.client.IncompleteRead as e:
+                    f.write(e.partial)  # keep what arrived: the retry resumes after it
+                    raise
+                if not block:
+                    break
                 f.write(block)
                 have += len(block)
                 if progress:

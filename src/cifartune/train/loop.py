@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from cifartune.config import Config
-from cifartune.data import Dataset, channel_stats, prepare_data
+from cifartune.data import Dataset, channel_stats, limit, prepare_data
 from cifartune.data.loader import TrainBatches, as_float, to_device
 from cifartune.errors import DivergenceError
 from cifartune.models import Classifier, ModelStats, create_model, model_stats
@@ -87,7 +87,10 @@ def train(config: Config, data: Dataset | None = None,
     average = None if t.averaging == "none" else WeightAverage(model, t.averaging, t.ema_decay,
                                                                  t.ema_every)
     eval_split = "val" if data.val is not None else "test"
-    eval_x, eval_y = to_device(data.val if data.val is not None else data.test, device)
+    # Without a validation split the curve is for monitoring only: a slice of the test set
+    # keeps it cheap (the full test set is evaluated once, with TTA, after training).
+    monitor = data.val if data.val is not None else limit(data, test=t.monitor_images).test
+    eval_x, eval_y = to_device(monitor, device)
 
     steps_per_epoch = len(batches)
     total_steps = max(1, math.ceil(t.epochs * steps_per_epoch))

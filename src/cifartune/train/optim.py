@@ -65,10 +65,11 @@ def build_optimizers(model: nn.Module, cfg: OptimConfig,
         opts: list[torch.optim.Optimizer] = [torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
             weight_decay=cfg.weight_decay)]
-    elif cfg.optimizer in ("adam", "adamw"):
-        cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
-        opts = [cls(params, lr=cfg.lr, betas=(cfg.momentum, cfg.beta2),
-                    weight_decay=cfg.weight_decay)]
+    elif cfg.optimizer == "adam":  # coupled decay is `l2`, as in Keras
+        opts = [torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.momentum, cfg.beta2))]
+    elif cfg.optimizer == "adamw":
+        opts = [torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.momentum, cfg.beta2),
+                                  weight_decay=cfg.weight_decay)]
     else:
         opts = _muon(model, cfg, batch_size)
     for opt in opts:

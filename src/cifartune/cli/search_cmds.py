@@ -1,0 +1,223 @@
+"""Handlers of the search-side commands: search, spaces, best, ensemble."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from cifartune.cli import _progress as ui
+from cifartune.cli.commands import default_out, load_data, print_evaluation, resolve_args
+from cifartune.config import apply
+from cifartune.errors import CifartuneError
+
+DEFAULT_VAL_SIZE = 5000  # training images held out to score trials (never the test set)
+
+
+def add_search_parser(sub) -> None:
+    from cifartune.cli.main import _config_args
+    from cifartune.search import PRUNERS, SAMPLERS
+
+    p = sub.add_parser(
+        "search", help="hyperparameter search (resumable, parallel, shareable)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Search hyperparameters with Optuna, scoring each trial by its accuracy "
+        "on a validation split held out from the training set (default 5000 images). The study "
+        "lives in RUN/study.journal (or --storage URL); rerunning the same command resumes it.",
+        epilog="examples:\n"
+        "  cifartune search --space fast --timeout 3600 --final\n"
+        "  cifartune search --space seed --set epochs=2 --n-trials 3\n"
+        "  cifartune search --sampler random --pruner none --n-trials 20 --seed 1\n"
+        "  # many machines, one study (run the same line on each):\n"
+        "  cifartune search --space fast --storage postgresql://user@db-host/optuna "
+        "--study fast1 --n-trials 200\n")
+    _config_args(p)
+    p.add_argument("--space", default="fast", help="built-in space name (see 'cifartune "
+                   "spaces') or a TOML file (default: fast)")
+    p.add_argument("--sampler", default="tpe", choices=sorted(SAMPLERS),
+                   help="random (the original's), tpe (default), gp or cmaes")
+    p.add_argument("--pruner", default="asha", choices=PRUNERS,
+                   help="early stopping on per-epoch validation accuracy (default: asha)")
+    p.add_argument("--n-trials", type=int, default=0, help="trials in the study in all "
+                   "(completed + pruned + failed), counting earlier runs")
+    p.add_argument("--timeout", type=float, default=0, help="seconds: start no new trial "
+                   "after this long (running trials finish)")
+    p.add_argument("--epoch-budget", type=float, default=0, help="total training epochs over "
+                   "all trials, counting earlier runs")
+    p.add_argument("--storage", default="", help="database URL (e.g. postgresql://...) for a "
+                   "study shared by workers on many machines; default: RUN/study.journal")
+    p.add_argument("--study", help="study name (default: the run folder's name)")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes (one per "
+                   "GPU; on CPU the cores are split between them)")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed (reproducible runs)")
+    p.add_argument("--keep-top", type=int, default=0, metavar="K",
+                   help="keep checkpoints of the best K trials only (default: keep all)")
+    p.add_argument("--final", action="store_true", help="then retrain the best configuration "
+                   "on all training images and evaluate it on the test set")
+    p.add_argument("--out", metavar="RUN", help="run folder (default: runs/search-<time>)")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("spaces", help="list the built-in search spaces")
+    p.add_argument("name", nargs="?", help="print this space as TOML")
+    p.set_defaults(func=cmd_spaces)
+
+    p = sub.add_parser("best", help="print the best configuration of a search as TOML",
+                       description="Print the best trial's configuration as a TOML file that "
+                       "'cifartune train --config' accepts.")
+    p.add_argument("run", metavar="RUN")
+    p.set_defaults(func=cmd_best)
+
+    p = sub.add_parser("ensemble", help="test accuracy of the top K trials' averaged "
+                       "predictions")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--top", type=int, default=3, metavar="K")
+    p.add_argument("--data", metavar="PATH", help="dataset (default: the search's)")
+    p.set_defaults(func=cmd_ensemble)
+
+
+def _settings(args: argparse.Namespace, out: Path):
+    from cifartune.search import SearchSettings
+
+    if args.workers < 1:
+        raise CifartuneError("--workers must be at least 1")
+    if min(args.n_trials, args.timeout, args.epoch_budget, args.keep_top) < 0:
+        raise CifartuneError("--n-trials, --timeout, --epoch-budget and --keep-top must be >= 0")
+    return SearchSettings(study=args.study or out.resolve().name, storage=args.storage,
+                          sampler=args.sampler, pruner=args.pruner, seed=args.seed,
+                          n_trials=args.n_trials, timeout=args.timeout,
+                          epoch_budget=args.epoch_budget, keep_top=args.keep_top,
+                          workers=args.workers)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from cifartune.cli._search_view import SearchView
+    from cifartune.search import load_space, run_search
+    from cifartune.search.samplers import make_sampler
+
+    space = load_space(args.space)
+    base = resolve_args(args)
+    if base.data.val_size == 0:
+        base = apply(base, {"data.val_size": DEFAULT_VAL_SIZE})
+    out = Path(args.out) if args.out else default_out("search")
+    settings = _settings(args, out)
+    make_sampler(settings.sampler, settings.seed)  # fail fast on a missing optional package
+    if not settings.has_limit():
+        ui.err.print("no --n-trials, --timeout or --epoch-budget: searching until Ctrl-C")
+    ui.err.print(f"search: space {space.name} ({len(space.params)} parameters), sampler "
+                 f"{settings.sampler}, pruner {settings.pruner}, {settings.workers} worker(s); "
+                 f"run folder {out}; study '{settings.study}' in "
+                 f"{settings.storage or out / 'study.journal'}")
+    for p in space.params:
+        ui.err.print(f"  {p.describe()}")
+    try:
+        with SearchView(space) as view:
+            snap = run_search(out, space, base, settings, on_poll=view)
+    except KeyboardInterrupt:
+        ui.error(f"interrupted; completed trials are saved; rerun the same command to resume "
+                 f"(the run folder is {out})")
+        return 130
+    print_summary(out, snap)
+    if args.final:
+        final_run(out)
+    return 0
+
+
+def print_summary(out: Path, snap) -> None:
+    from cifartune.search import load_search, ranked
+
+    c = snap.counts
+    ui.out.print(f"\nsearch finished: {c.complete} complete, {c.pruned} pruned, {c.failed} "
+                 f"failed trials; {c.epochs:.0f} epochs in {ui.duration(snap.elapsed)}")
+    top = ranked(snap.trials)[:5]
+    if not top:
+        ui.out.print("no trial completed; see the fail reasons above and "
+                     f"{out / 'workers'}")
+        return
+    defn = load_search(out)
+    ui.out.print("top trials (validation accuracy):")
+    for t in top:
+        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in defn.space.decode_params(t.params).items())
+        ui.out.print(f"  #{t.number:<4d} {ui.pct(t.value)}  {params}")
+    ui.out.print(f"best configuration: cifartune best {out} > best.toml")
+
+
+def final_run(out: Path) -> None:
+    """Retrain the best configuration on all training images; report on the test set."""
+    from cifartune.models import create_model, model_stats
+    from cifartune.search import best_config, load_run_study, load_search
+    from cifartune.train import train
+    from cifartune.train.run import evaluate_model, start_run, write_run
+
+    defn = load_search(out)
+    config, trial = best_config(defn, load_run_study(defn).get_trials(deepcopy=False))
+    final = out / "final"
+    ui.err.print(f"\nfinal: retraining trial {trial.number}'s configuration (validation "
+                 f"{ui.pct(trial.value)}) on all training images -> {final}")
+    start_run(final, config)
+    data = load_data(config)
+    ui.err.print(f"model: {model_stats(create_model(config.model, data.num_classes)).describe()}")
+    with ui.epoch_progress(config.train.epochs) as bar:
+        result = train(config, data, on_epoch=bar)
+    test, _ = evaluate_model(result.model, data.test, data.classes, config, result.device)
+    metrics = write_run(final, result, test)
+    metrics["best_trial"] = trial.number
+    metrics["best_val_accuracy"] = trial.value
+    (final / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    print_evaluation(test, f"final model (trial {trial.number}'s config, all training images) "
+                           f"on the test set, tta={config.train.tta}")
+    ui.out.print(f"best validation accuracy {ui.pct(trial.value)} (trial {trial.number}); "
+                 f"final training {ui.duration(result.train_seconds)}; wrote {final}")
+
+
+def cmd_spaces(args: argparse.Namespace) -> int:
+    from cifartune.search import builtin_spaces, load_space
+
+    if args.name:
+        ui.out.print(load_space(args.name).to_toml())
+        return 0
+    for name in builtin_spaces():
+        space = load_space(name)
+        ui.out.print(f"{name}: {space.description}")
+        for p in space.params:
+            ui.out.print(f"    {p.describe()}")
+    ui.out.print("use: cifartune search --space NAME, or --space FILE.toml "
+                 "(print one with 'cifartune spaces NAME')")
+    return 0
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    from cifartune.search import best_toml, load_run_study, load_search
+
+    defn = load_search(Path(args.run))
+    ui.out.print(best_toml(defn, load_run_study(defn).get_trials(deepcopy=False)), end="")
+    return 0
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from cifartune.search import ensemble, load_run_study, load_search
+    from cifartune.train._device import resolve_device
+
+    defn = load_search(Path(args.run))
+    config = apply(defn.base, {"data.val_size": 0})
+    if args.data:
+        config = apply(config, {"data.path": str(Path(args.data).expanduser().resolve())})
+    data = load_data(config)
+    start = time.perf_counter()
+    res = ensemble(defn, load_run_study(defn).get_trials(deepcopy=False), args.top, data.test,
+                   data.classes, resolve_device(config.train.device))
+    for n, acc in zip(res.members, res.member_accuracy, strict=True):
+        ui.out.print(f"  trial {n}: test accuracy {ui.pct(acc)} alone")
+    print_evaluation(res.evaluation, f"ensemble of the top {len(res.members)} trials "
+                     f"({', '.join(map(str, res.members))}), averaged softmax")
+    folder = Path(args.run) / f"ensemble-top{len(res.members)}"
+    folder.mkdir(exist_ok=True)
+    ev = res.evaluation
+    (folder / "metrics.json").write_text(json.dumps({
+        "members": res.members, "member_test_accuracy": res.member_accuracy,
+        "test_accuracy": ev.accuracy, "test_accuracy_lossless": ev.accuracy_lossless,
+        "test_accuracy_lossy": ev.accuracy_lossy, "per_class": ev.per_class,
+        "confusion_matrix": ev.confusion, "seconds": time.perf_counter() - start}, indent=2))
+    ui.out.print(f"wrote {folder / 'metrics.json'}")
+    return 0

@@ -1,0 +1,82 @@
+"""What a finished (or running) search gives back: the best configuration, the top trials,
+and the ensemble of the top K models."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from cifartune.config import Config, apply
+from cifartune.data import Split
+from cifartune.errors import CifartuneError
+from cifartune.search.study import SearchDefinition
+from cifartune.search.trial import trial_dir
+from cifartune.train.checkpoint import WEIGHTS, load_checkpoint
+from cifartune.train.evaluate import Evaluation, summarize
+from cifartune.train.run import evaluate_model
+
+
+def ranked(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """Completed trials, best validation accuracy first."""
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    return sorted(done, key=lambda t: -t.value)
+
+
+def trial_config(defn: SearchDefinition, trial: FrozenTrial) -> Config:
+    return defn.space.trial_config(defn.base, defn.space.decode_params(trial.params))
+
+
+def best_config(defn: SearchDefinition, trials: list[FrozenTrial]) -> tuple[Config, FrozenTrial]:
+    """The best trial's configuration, set to train on the whole training set."""
+    top = ranked(trials)
+    if not top:
+        raise CifartuneError(f"{defn.run_dir} has no completed trial yet; let the search run "
+                             "longer (or check failed trials' fail_reason)")
+    full_data = {"data.val_size": 0, "data.train_limit": 0}
+    return apply(trial_config(defn, top[0]), full_data), top[0]
+
+
+def best_toml(defn: SearchDefinition, trials: list[FrozenTrial]) -> str:
+    config, t = best_config(defn, trials)
+    header = (f"# best of {len(ranked(trials))} completed trials in {defn.run_dir}: trial "
+              f"{t.number}, validation accuracy {t.value:.4f}\n"
+              f"# data.val_size and data.train_limit are 0 here, so 'cifartune train "
+              f"--config' uses all training images\n")
+    return header + config.to_toml()
+
+
+@dataclass
+class EnsembleResult:
+    members: list[int]  # trial numbers
+    member_accuracy: list[float]  # each member's test accuracy (all images)
+    evaluation: Evaluation
+
+
+def ensemble(defn: SearchDefinition, trials: list[FrozenTrial], top: int, test: Split,
+             classes: list[str], device: torch.device) -> EnsembleResult:
+    """Average the softmax outputs of the best `top` trials' models on the test set."""
+    members = [t for t in ranked(trials)
+               if (trial_dir(defn.run_dir, t.number) / WEIGHTS).exists()][:top]
+    if not members:
+        raise CifartuneError(f"{defn.run_dir} has no completed trial with a checkpoint")
+    probs = np.zeros((len(test), len(classes)))
+    accs = []
+    for t in members:
+        ckpt = load_checkpoint(trial_dir(defn.run_dir, t.number), device)
+        ev, logits = evaluate_model(ckpt.model, test, classes, ckpt.config, device)
+        accs.append(ev.accuracy)
+        probs += torch.from_numpy(logits).softmax(1).numpy()
+    evaluation = summarize(test.y, probs / len(members), classes, test.lossless)
+    return EnsembleResult([t.number for t in members], accs, evaluation)
+
+
+def prune_checkpoints(run_dir: Path, trials: list[FrozenTrial], keep: int) -> None:
+    """Delete the checkpoints of completed trials outside the best `keep`."""
+    if keep <= 0:
+        return
+    for t in ranked(trials)[keep:]:
+        (trial_dir(run_dir, t.number) / WEIGHTS).unlink(missing_ok=True)

@@ -1,0 +1,169 @@
+"""`run_search`: start N local worker processes on one study, watch them, recover the trials of
+workers that die, and report snapshots to the caller until the budget is spent."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from cifartune.config import Config
+from cifartune.search import _budget
+from cifartune.search.space import SearchSpace
+from cifartune.search.study import SearchSettings, max_epochs, open_study, save_search
+
+MAX_RESTARTS = 5  # per worker slot: a worker that keeps crashing is given up on
+
+
+@dataclass
+class Snapshot:
+    """What the live table shows: every trial, counts, the best so far, time and ETA."""
+
+    trials: list[FrozenTrial]
+    counts: _budget.Counts
+    best: FrozenTrial | None
+    elapsed: float  # seconds since this command started
+    eta: float | None  # seconds left, when a budget allows an estimate
+    workers: int  # worker processes alive
+    events: list[str] = field(default_factory=list)  # recoveries, restarts since last poll
+
+
+def best_trial(trials: list[FrozenTrial]) -> FrozenTrial | None:
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    return max(done, key=lambda t: t.value) if done else None
+
+
+def estimate_eta(c: _budget.Counts, trials: list[FrozenTrial], settings: SearchSettings,
+                 elapsed: float, deadline: float) -> float | None:
+    """Seconds left: the earliest of the limits, from the mean pace of finished trials."""
+    etas = []
+    if deadline:
+        etas.append(max(0.0, deadline - time.time()))
+    durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials
+                 if t.state.is_finished() and t.datetime_start and t.datetime_complete]
+    if durations and settings.n_trials:
+        left = max(0, settings.n_trials - c.finished)
+        etas.append(left * (sum(durations) / len(durations)) / max(1, settings.workers))
+    if settings.epoch_budget and c.epochs > 0 and elapsed > 0:
+        rate = c.epochs / elapsed  # epochs per second, this command's pace
+        etas.append(max(0.0, settings.epoch_budget - c.epochs) / rate)
+    return min(etas) if etas else None
+
+
+class _Workers:
+    def __init__(self, run_dir: Path, settings: SearchSettings, deadline: float) -> None:
+        self.run_dir, self.settings, self.deadline = run_dir, settings, deadline
+        self.procs: list[subprocess.Popen | None] = [None] * settings.workers
+        self.restarts = [0] * settings.workers
+        (run_dir / "workers").mkdir(parents=True, exist_ok=True)
+
+    def _env(self, index: int) -> dict:
+        env = dict(os.environ)
+        n = self.settings.workers
+        # Split the CPU cores between workers; with GPUs, one GPU per worker.
+        env["CIFARTUNE_THREADS"] = str(max(1, (os.cpu_count() or 1) // n))
+        gpus = _gpu_count()
+        if gpus and "CUDA_VISIBLE_DEVICES" not in os.environ:
+            env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
+        return env
+
+    def start(self, index: int) -> None:
+        log = open(self.run_dir / "workers" / f"worker-{index}.log", "a")  # noqa: SIM115
+        self.procs[index] = subprocess.Popen(
+            [sys.executable, "-m", "cifartune.search.worker", str(self.run_dir), str(index),
+             str(self.deadline)], env=self._env(index), stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL)
+        log.close()
+
+    def alive(self) -> int:
+        return sum(p is not None and p.poll() is None for p in self.procs)
+
+    def check(self, study: optuna.Study) -> list[str]:
+        """Restart workers that crashed while there is budget left."""
+        events = []
+        for i, p in enumerate(self.procs):
+            if p is None or p.poll() is None or p.returncode == 0:
+                continue
+            if p.returncode == 130:  # interrupted: the command is stopping
+                self.procs[i] = None
+                continue
+            self.procs[i] = None
+            if self.restarts[i] < MAX_RESTARTS and _budget.may_start(study, self.settings,
+                                                                     self.deadline):
+                self.restarts[i] += 1
+                events.append(f"worker {i} exited with code {p.returncode}; restarted "
+                              f"(log: {self.run_dir / 'workers' / f'worker-{i}.log'})")
+                self.start(i)
+            else:
+                events.append(f"worker {i} exited with code {p.returncode}; not restarted")
+        return events
+
+    def stop(self, grace: float = 60.0) -> None:
+        for p in self.procs:
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        end = time.time() + grace
+        for p in self.procs:
+            if p is None:
+                continue
+            try:
+                p.wait(timeout=max(0.1, end - time.time()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001
+        return 0
+
+
+def run_search(run_dir: Path, space: SearchSpace, base: Config, settings: SearchSettings,
+               on_poll: Callable[[Snapshot], None] | None = None,
+               poll_seconds: float = 2.0) -> Snapshot:
+    """Run (or resume) the search in `run_dir` until its budget is spent."""
+    save_search(run_dir, space, base, settings)
+    study = open_study(run_dir, settings, max_epochs(space, base))
+    start = time.time()
+    deadline = start + settings.timeout if settings.timeout else 0.0
+    recovered = _budget.recover_stale(study)  # trials left RUNNING by an earlier, killed run
+    events = [f"trial {n}: its worker had died; failed and queued again" for n in recovered]
+    workers = _Workers(run_dir, settings, deadline)
+    for i in range(settings.workers):
+        workers.start(i)
+    try:
+        while True:
+            time.sleep(poll_seconds)
+            events += [f"trial {n}: its worker died; failed and queued again"
+                       for n in _budget.recover_stale(study)]
+            events += workers.check(study)
+            snap = snapshot(study, settings, start, deadline, workers.alive(), events)
+            events = []
+            if on_poll:
+                on_poll(snap)
+            if not snap.workers:
+                return snapshot(study, settings, start, deadline, 0, [])
+    except KeyboardInterrupt:
+        workers.stop()
+        _budget.recover_stale(study)
+        raise
+
+
+def snapshot(study: optuna.Study, settings: SearchSettings, start: float, deadline: float,
+             workers: int, events: list[str]) -> Snapshot:
+    trials = study.get_trials(deepcopy=False)
+    counts = _budget.count(trials)
+    elapsed = time.time() - start
+    return Snapshot(trials, counts, best_trial(trials), elapsed,
+                    estimate_eta(counts, trials, settings, elapsed, deadline), workers, events)

@@ -1,0 +1,252 @@
+"""Search spaces as TOML files: float (linear/log), int, categorical and conditional
+parameters, each bound to a config key, plus fixed config values for every trial.
+
+    description = "..."
+    [params.lr]                      # the parameter's name (shown in tables and plots)
+    key = "optim.lr"                 # config key it sets (default: the name)
+    type = "float"                   # float | int | categorical
+    low = 1e-4
+    high = 5e-4
+    log = true                       # sample on a log scale (float, int)
+    [params.momentum]
+    type = "float"
+    low = 0.8
+    high = 0.99
+    when = { optimizer = ["sgd"] }   # only sampled when these parameters take these values
+    [fixed]                          # config values for every trial
+    epochs = 40
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from cifartune.config import Config, apply, full_key, toml_value
+from cifartune.errors import CifartuneError, ConfigError
+
+KINDS = ("float", "int", "categorical")
+_PARAM_FIELDS = {"key", "type", "low", "high", "log", "step", "choices", "when", "help"}
+
+
+class SpaceError(ConfigError):
+    """A malformed search space file."""
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    key: str  # full config key
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple = ()
+    when: dict[str, tuple] = field(default_factory=dict)
+    help: str = ""
+
+    def encode(self, value: Any) -> Any:
+        """Optuna holds only scalars: lists (e.g. widths) travel as their TOML text."""
+        return toml_value(value) if isinstance(value, list) else value
+
+    def decode(self, value: Any) -> Any:
+        if self.kind == "categorical":
+            for c in self.choices:
+                if self.encode(c) == value:
+                    return c
+        return value
+
+    def describe(self) -> str:
+        if self.kind == "categorical":
+            dom = "{" + ", ".join(toml_value(c) for c in self.choices) + "}"
+        else:
+            dom = f"[{self.low:g}, {self.high:g}]" + (" log" if self.log else "")
+        cond = ""
+        if self.when:
+            cond = " when " + ", ".join(f"{k} in {list(v)}" for k, v in self.when.items())
+        return f"{self.name} ({self.key}): {self.kind} {dom}{cond}"
+
+
+@dataclass
+class SearchSpace:
+    name: str
+    params: list[Param]
+    fixed: dict[str, Any]
+    description: str = ""
+
+    def suggest(self, trial) -> dict[str, Any]:
+        """Sample every active parameter from an Optuna trial; returns name -> value."""
+        values: dict[str, Any] = {}
+        for p in self.params:
+            if any(values.get(k, _MISSING) not in allowed for k, allowed in p.when.items()):
+                continue
+            if p.kind == "float":
+                values[p.name] = trial.suggest_float(p.name, p.low, p.high, log=p.log,
+                                                     step=p.step)
+            elif p.kind == "int":
+                values[p.name] = trial.suggest_int(p.name, int(p.low), int(p.high), log=p.log,
+                                                   step=int(p.step or 1))
+            else:
+                raw = trial.suggest_categorical(p.name, [p.encode(c) for c in p.choices])
+                values[p.name] = p.decode(raw)
+        return values
+
+    def decode_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Optuna's stored params (encoded) back to config values."""
+        by_name = {p.name: p for p in self.params}
+        return {k: by_name[k].decode(v) if k in by_name else v for k, v in params.items()}
+
+    def overrides(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Config overrides (full keys) for a trial: the fixed values, then the sampled ones."""
+        by_name = {p.name: p for p in self.params}
+        out = {full_key(k): v for k, v in self.fixed.items()}
+        out.update({by_name[k].key: v for k, v in values.items()})
+        return out
+
+    def trial_config(self, base: Config, values: dict[str, Any]) -> Config:
+        return apply(base, self.overrides(values))
+
+    def to_toml(self) -> str:
+        lines = [f"description = {toml_value(self.description)}", ""]
+        for p in self.params:
+            lines.append(f"[params.{p.name}]")
+            lines.append(f"key = {toml_value(p.key)}")
+            lines.append(f"type = {toml_value(p.kind)}")
+            if p.kind == "categorical":
+                lines.append(f"choices = {toml_value(list(p.choices))}")
+            else:
+                lines += [f"low = {p.low!r}", f"high = {p.high!r}",
+                          f"log = {toml_value(p.log)}"]
+                if p.step is not None:
+                    lines.append(f"step = {p.step!r}")
+            if p.when:
+                inner = ", ".join(f"{k} = {toml_value(list(v))}" for k, v in p.when.items())
+                lines.append(f"when = {{ {inner} }}")
+            lines.append("")
+        if self.fixed:
+            lines.append("[fixed]")
+            lines += [f"{k} = {toml_value(v)}" for k, v in self.fixed.items()]
+        return "\n".join(lines) + "\n"
+
+
+_MISSING = object()
+
+
+def builtin_spaces() -> list[str]:
+    folder = resources.files("cifartune").joinpath("search/spaces")
+    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir()
+                  if p.name.endswith(".toml"))
+
+
+def load_space(name_or_path: str) -> SearchSpace:
+    """A built-in space by name, or a TOML file by path."""
+    if name_or_path in builtin_spaces():
+        text = resources.files("cifartune").joinpath(
+            f"search/spaces/{name_or_path}.toml").read_text()
+        return parse_space(text, name_or_path)
+    path = Path(name_or_path)
+    if not path.exists():
+        raise SpaceError(f"search space '{name_or_path}' is neither a built-in space "
+                         f"({', '.join(builtin_spaces())}) nor an existing file")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpaceError(f"cannot read search space file {path} ({e})") from None
+    return parse_space(text, path.stem, str(path))
+
+
+def parse_space(text: str, name: str, where: str | None = None) -> SearchSpace:
+    where = where or f"space '{name}'"
+    try:
+        tree = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SpaceError(f"{where} is not valid TOML: {e}") from None
+    unknown = set(tree) - {"description", "params", "fixed"}
+    if unknown:
+        raise SpaceError(f"{where}: unknown top-level entries {sorted(unknown)}; expected "
+                         "description, [params.NAME] tables and [fixed]")
+    raw_params = tree.get("params", {})
+    if not isinstance(raw_params, dict) or not raw_params:
+        raise SpaceError(f"{where} defines no parameters; add [params.NAME] tables")
+    params: list[Param] = []
+    for pname, spec in raw_params.items():
+        params.append(_parse_param(pname, spec, params, where))
+    fixed = tree.get("fixed", {})
+    if not isinstance(fixed, dict):
+        raise SpaceError(f"{where}: [fixed] must be a table of config keys")
+    space = SearchSpace(name, params, dict(fixed), str(tree.get("description", "")))
+    _check_values(space, where)
+    return space
+
+
+def _parse_param(name: str, spec: Any, earlier: list[Param], where: str) -> Param:
+    at = f"{where}, parameter '{name}'"
+    if not isinstance(spec, dict):
+        raise SpaceError(f"{at}: must be a table like [params.{name}]")
+    extra = set(spec) - _PARAM_FIELDS
+    if extra:
+        raise SpaceError(f"{at}: unknown fields {sorted(extra)}; allowed: "
+                         f"{', '.join(sorted(_PARAM_FIELDS))}")
+    kind = spec.get("type")
+    if kind not in KINDS:
+        raise SpaceError(f"{at}: type must be one of {', '.join(KINDS)}, got {kind!r}")
+    try:
+        key = full_key(spec.get("key", name))
+    except ConfigError as e:
+        raise SpaceError(f"{at}: {e}") from None
+    when = _parse_when(spec.get("when", {}), earlier, at)
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise SpaceError(f"{at}: categorical parameters need a non-empty 'choices' list")
+        return Param(name, key, kind, choices=tuple(choices), when=when,
+                     help=spec.get("help", ""))
+    low, high, log = spec.get("low"), spec.get("high"), spec.get("log", False)
+    numbers = (int, float) if kind == "float" else (int,)
+    for label, v in (("low", low), ("high", high)):
+        if not isinstance(v, numbers) or isinstance(v, bool):
+            raise SpaceError(f"{at}: '{label}' must be a{'n int' if kind == 'int' else ' number'}"
+                             f", got {v!r}")
+    if low >= high:
+        raise SpaceError(f"{at}: low ({low}) must be below high ({high})")
+    if log and low <= 0:
+        raise SpaceError(f"{at}: a log scale needs low > 0, got {low}")
+    step = spec.get("step")
+    if step is not None and (log or not isinstance(step, numbers) or step <= 0):
+        raise SpaceError(f"{at}: step must be a positive number and cannot go with log")
+    return Param(name, key, kind, float(low) if kind == "float" else low,
+                 float(high) if kind == "float" else high, bool(log), step, when=when,
+                 help=spec.get("help", ""))
+
+
+def _parse_when(when: Any, earlier: list[Param], at: str) -> dict[str, tuple]:
+    if not isinstance(when, dict):
+        raise SpaceError(f"{at}: 'when' must be a table like {{ optimizer = [\"sgd\"] }}")
+    names = {p.name: p for p in earlier}
+    out = {}
+    for k, v in when.items():
+        if k not in names:
+            raise SpaceError(f"{at}: 'when' refers to '{k}', which is not a parameter defined "
+                             "above it")
+        out[k] = tuple(v) if isinstance(v, list) else (v,)
+    return out
+
+
+def _check_values(space: SearchSpace, where: str) -> None:
+    """Every bound and choice must be a valid value of its config key."""
+    base = Config()
+    try:
+        apply(base, {full_key(k): v for k, v in space.fixed.items()})
+    except CifartuneError as e:
+        raise SpaceError(f"{where}, [fixed]: {e}") from None
+    for p in space.params:
+        samples = p.choices if p.kind == "categorical" else (p.low, p.high)
+        for v in samples:
+            try:
+                apply(base, {p.key: v})
+            except CifartuneError as e:
+                raise SpaceError(f"{where}, parameter '{p.name}': {e}") from None

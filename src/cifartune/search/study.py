@@ -1,0 +1,142 @@
+"""A search's persistent state: its settings in the run folder and its Optuna study.
+
+The embedded default storage is an Optuna journal file, `RUN/study.journal`: append-only
+with a file lock, so any number of local worker processes share it without SQLite's
+"database is locked". `--storage URL` (e.g. postgresql://...) puts the study in a database
+that workers on many machines share. Either way it is a plain Optuna study:
+
+    optuna.load_study(study_name=NAME, storage=journal_storage("RUN/study.journal"))
+    optuna.load_study(study_name=NAME, storage="postgresql://...")
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import optuna
+
+from cifartune.config import Config, flatten, read_toml, resolve_config
+from cifartune.errors import CifartuneError, ConfigError
+from cifartune.search.samplers import make_pruner, make_sampler
+from cifartune.search.space import SearchSpace, parse_space
+from cifartune.train.checkpoint import atomic_write_text
+
+JOURNAL = "study.journal"
+SETTINGS = "search.json"
+SPACE = "space.toml"
+BASE_CONFIG = "base_config.toml"
+
+
+@dataclass
+class SearchSettings:
+    """What a `cifartune search` command asked for (budgets may change between reruns)."""
+
+    study: str  # study name
+    storage: str = ""  # database URL; "" = the journal file in the run folder
+    sampler: str = "tpe"
+    pruner: str = "asha"
+    seed: int = 0
+    n_trials: int = 0  # 0 = no limit
+    timeout: float = 0.0  # seconds for this command; 0 = no limit
+    epoch_budget: float = 0.0  # total training epochs over all trials; 0 = no limit
+    keep_top: int = 0  # keep checkpoints of the best K trials only; 0 = keep all
+    workers: int = 1
+
+    def has_limit(self) -> bool:
+        return bool(self.n_trials or self.timeout or self.epoch_budget)
+
+
+def journal_storage(path: str | Path) -> optuna.storages.JournalStorage:
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+def open_storage(run_dir: Path, url: str) -> optuna.storages.BaseStorage:
+    if not url:
+        return journal_storage(run_dir / JOURNAL)
+    if url.endswith(".journal"):
+        return journal_storage(url)
+    try:
+        # pool_pre_ping: survive database restarts and idle connections dropped by servers.
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    except Exception as e:  # noqa: BLE001 - SQLAlchemy/driver errors vary by backend
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CifartuneError(f"cannot open storage {url} ({first}); check the URL, that the "
+                             "server is up and the driver installed (pip install "
+                             "psycopg2-binary for PostgreSQL)") from None
+
+
+def open_study(run_dir: Path, settings: SearchSettings, max_epochs: int,
+               seed_offset: int = 0) -> optuna.Study:
+    storage = open_storage(run_dir, settings.storage)
+    return optuna.create_study(
+        study_name=settings.study, storage=storage, direction="maximize", load_if_exists=True,
+        sampler=make_sampler(settings.sampler, settings.seed + seed_offset),
+        pruner=make_pruner(settings.pruner, max_epochs))
+
+
+def max_epochs(space: SearchSpace, base: Config) -> int:
+    """The most epochs any trial can train (for Hyperband's top rung)."""
+    epochs = [base.train.epochs]
+    for p in space.params:
+        if p.key == "train.epochs":
+            epochs.append(p.high if p.kind != "categorical" else max(p.choices))
+    epochs.append(space.fixed.get("epochs", space.fixed.get("train.epochs", 0)))
+    return int(max(epochs) + 0.999)
+
+
+def save_search(run_dir: Path, space: SearchSpace, base: Config,
+                settings: SearchSettings) -> None:
+    """Write the search's definition; refuse a run folder that holds a different search."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    space_text, base_text = space.to_toml(), base.to_toml()
+    if (run_dir / SPACE).exists():
+        if (run_dir / SPACE).read_text() != space_text:
+            raise ConfigError(f"{run_dir} holds a search over a different space; resume it "
+                              "with the same --space, or choose a new --out")
+        old = resolve_config(files=[run_dir / BASE_CONFIG])
+        if old != base:
+            changed = sorted(k for k, v in flatten(base.to_dict()).items()
+                             if flatten(old.to_dict())[k] != v)
+            raise ConfigError(f"{run_dir} holds a search with other fixed settings "
+                              f"({', '.join(changed)}); drop those --set options to resume, "
+                              "or choose a new --out")
+    atomic_write_text(run_dir / SPACE, space_text)
+    atomic_write_text(run_dir / BASE_CONFIG, base_text)
+    atomic_write_text(run_dir / SETTINGS, json.dumps(asdict(settings), indent=2) + "\n")
+
+
+@dataclass
+class SearchDefinition:
+    run_dir: Path
+    space: SearchSpace
+    base: Config
+    settings: SearchSettings
+
+
+def load_search(run_dir: Path) -> SearchDefinition:
+    """The search saved in a run folder (raises a one-line error if there is none)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / SETTINGS).exists():
+        raise CifartuneError(f"{run_dir} is not a search run folder (no {SETTINGS}); pass the "
+                             "--out folder of a 'cifartune search'")
+    settings = SearchSettings(**json.loads((run_dir / SETTINGS).read_text()))
+    space = parse_space((run_dir / SPACE).read_text(), run_dir.name)
+    base = resolve_config(files=[run_dir / BASE_CONFIG])
+    return SearchDefinition(run_dir, space, base, settings)
+
+
+def load_run_study(defn: SearchDefinition) -> optuna.Study:
+    storage = open_storage(defn.run_dir, defn.settings.storage)
+    try:
+        return optuna.load_study(study_name=defn.settings.study, storage=storage)
+    except KeyError:
+        raise CifartuneError(f"study '{defn.settings.study}' is not in its storage yet; has "
+                             "the search started?") from None
+
+
+def read_settings_file(path: Path) -> dict:
+    return flatten(read_toml(path))

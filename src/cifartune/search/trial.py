@@ -1,0 +1,74 @@
+"""One trial: sample a config, train it with per-epoch reports to the pruner, evaluate on the
+validation split, and keep the trial's files in `RUN/trials/NNNN/`:
+
+    config.toml  resolved config          curve.json   per-epoch validation accuracy
+    metrics.json final figures            model.safetensors  checkpoint (unless pruned)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import optuna
+
+from cifartune.data import Dataset
+from cifartune.errors import CifartuneError
+from cifartune.search.space import SearchSpace
+from cifartune.train import EpochReport, train
+from cifartune.train.checkpoint import WEIGHTS, atomic_write_text, save_checkpoint
+from cifartune.train.run import evaluate_model, start_run
+
+# user attributes every trial carries (read by the live table, report and budgets)
+ATTR_DIR = "dir"
+ATTR_EPOCHS = "epochs_done"
+ATTR_SECONDS = "train_seconds"
+ATTR_REASON = "fail_reason"
+ATTR_RETRY_OF = "retry_of"
+ATTR_WORKER = "worker"  # host:pid
+ATTR_HEARTBEAT = "heartbeat"  # unix time of the last sign of life
+
+
+def trial_dir(run_dir: Path, number: int) -> Path:
+    return run_dir / "trials" / f"{number:04d}"
+
+
+def run_trial(trial: optuna.Trial, space: SearchSpace, base, data: Dataset,
+              run_dir: Path) -> float:
+    """Train one sampled configuration; return its validation accuracy (with TTA).
+    Raises optuna.TrialPruned when the pruner stops it."""
+    if data.val is None:
+        raise CifartuneError("searches need a validation split: set data.val_size > 0")
+    values = space.suggest(trial)
+    config = space.trial_config(base, values)
+    folder = trial_dir(run_dir, trial.number)
+    start_run(folder, config)
+    trial.set_user_attr(ATTR_DIR, str(folder))
+    curve: list[dict] = []
+
+    def on_epoch(r: EpochReport) -> None:
+        curve.append({"epoch": r.epoch, "val_accuracy": r.eval_accuracy,
+                      "train_loss": r.train_loss, "train_accuracy": r.train_accuracy,
+                      "seconds": r.train_seconds})
+        atomic_write_text(folder / "curve.json", json.dumps(curve, indent=1) + "\n")
+        trial.set_user_attr(ATTR_EPOCHS, r.epoch)
+        trial.set_user_attr(ATTR_SECONDS, round(r.train_seconds, 1))
+        if r.eval_accuracy is None or not math.isfinite(r.eval_accuracy):
+            return
+        trial.report(r.eval_accuracy, r.epoch)
+        if r.epoch < r.epochs and trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {r.epoch}: validation accuracy "
+                                     f"{r.eval_accuracy:.4f}")
+
+    start = time.perf_counter()
+    result = train(config, data, on_epoch=on_epoch)
+    val, _ = evaluate_model(result.model, data.val, data.classes, config, result.device)
+    save_checkpoint(folder / WEIGHTS, result.model, config, data.classes)
+    metrics = {"val_accuracy": val.accuracy, "val_accuracy_no_tta": curve[-1]["val_accuracy"],
+               "epochs": result.history[-1].epoch, "train_seconds": result.train_seconds,
+               "images_per_second": result.images_per_second,
+               "trial_seconds": time.perf_counter() - start, "params": values}
+    atomic_write_text(folder / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    return val.accuracy
