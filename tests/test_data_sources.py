@@ -57,6 +57,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         data = path.read_bytes()
         start = 0
         rng = self.headers.get("Range")
+        type(self).ranges.append(rng)
         if rng:
             start = int(rng.split("=")[1].split("-")[0])
             self.send_response(206)
@@ -67,10 +68,10 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         self.end_headers()
         if self.fail_once.pop(self.path, False):
             self.wfile.write(body[: len(body) // 2])  # then hang up: a truncated transfer
+            self.wfile.flush()
             self.close_connection = True
             return
         self.wfile.write(body)
-        type(self).ranges.append(rng)
 
     ranges: list = []
 
@@ -111,7 +112,9 @@ def test_download_resumes_after_a_dropped_connection(small, server, tmp_path):
     _Handler.fail_once["/a.tar.gz"] = True
     out = download(f"{base}/a.tar.gz", tmp_path / "a.tar.gz", md5)
     assert hashlib.md5(out.read_bytes()).hexdigest() == md5
-    assert any(r and r.startswith("bytes=") and r != "bytes=0-" for r in _Handler.ranges)
+    assert _Handler.ranges[0] is None  # the first request fetched from the start...
+    assert any(r and r.startswith("bytes=") and r != "bytes=0-" for r in _Handler.ranges[1:]), \
+        _Handler.ranges  # ...the retry asked only for the rest
 
 
 def test_download_wrong_md5_is_rejected_and_cleaned(small, server, tmp_path):

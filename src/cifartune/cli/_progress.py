@@ -17,8 +17,8 @@ from rich.progress import (
 )
 
 # Progress and status go to stderr, results to stdout, so `cifartune ... > file` keeps results.
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+out = Console(highlight=False, soft_wrap=True, markup=False)
 
 
 def pct(x: float | None) -> str:

@@ -54,7 +54,8 @@ def table(s: Snapshot, space: SearchSpace) -> Table:
     for col in ["#", "state", *names, "val acc", "epochs", "time"]:
         t.add_column(col, justify="right" if col not in ("state",) else "left")
     running = [x for x in s.trials if x.state == TrialState.RUNNING]
-    recent = [x for x in s.trials if x.state != TrialState.RUNNING][-(MAX_ROWS - len(running)):]
+    room = max(0, MAX_ROWS - len(running))
+    recent = [x for x in s.trials if x.state != TrialState.RUNNING][-room:] if room else []
     shown = sorted({x.number: x for x in running + recent}.values(), key=lambda x: x.number)
     for x in shown:
         params = space.decode_params(x.params)

@@ -87,15 +87,24 @@ def build_parser() -> argparse.ArgumentParser:
                    "meaning")
     p.set_defaults(func=c.cmd_config)
 
-    from cifartune.cli.search_cmds import add_search_parser
+    from cifartune.cli.search_cmds import add_report_parser, add_search_parser
 
     add_search_parser(sub)
+    add_report_parser(sub)
     return parser
+
+
+def _quiet_optuna() -> None:
+    """Our own tables say what happens; Optuna's INFO lines would repeat it."""
+    import logging
+
+    logging.getLogger("optuna").setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _quiet_optuna()
     try:
         return args.func(args) or 0
     except CifartuneError as e:

@@ -55,6 +55,8 @@ def add_search_parser(sub) -> None:
                    help="keep checkpoints of the best K trials only (default: keep all)")
     p.add_argument("--final", action="store_true", help="then retrain the best configuration "
                    "on all training images and evaluate it on the test set")
+    p.add_argument("--report", action="store_true", help="finally write the HTML report "
+                   "(RUN/report/index.html)")
     p.add_argument("--out", metavar="RUN", help="run folder (default: runs/search-<time>)")
     p.set_defaults(func=cmd_search)
 
@@ -102,6 +104,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_out("search")
     settings = _settings(args, out)
     make_sampler(settings.sampler, settings.seed)  # fail fast on a missing optional package
+    trial_data = space.trial_config(base, {}).data
+    if trial_data.val_size == 0:
+        raise CifartuneError("the space's [fixed] sets data.val_size = 0: trials need held-out "
+                             "training images to be scored on; set it above 0")
+    # Bad data fails here, once, and a download happens once, not in every worker.
+    load_data(space.trial_config(base, {}))
     if not settings.has_limit():
         ui.err.print("no --n-trials, --timeout or --epoch-budget: searching until Ctrl-C")
     ui.err.print(f"search: space {space.name} ({len(space.params)} parameters), sampler "
@@ -118,29 +126,27 @@ def cmd_search(args: argparse.Namespace) -> int:
                  f"(the run folder is {out})")
         return 130
     print_summary(out, snap)
-    if args.final:
+    if args.final and snap.counts.complete:
         final_run(out)
+    if args.report and snap.counts.complete:
+        cmd_report(argparse.Namespace(run=str(out), no_model=False))
     return 0
 
 
 def print_summary(out: Path, snap) -> None:
-    from cifartune.search import load_search, ranked
+    from cifartune.report import terminal_summary
+    from cifartune.search import load_search
 
     c = snap.counts
     ui.out.print(f"\nsearch finished: {c.complete} complete, {c.pruned} pruned, {c.failed} "
                  f"failed trials; {c.epochs:.0f} epochs in {ui.duration(snap.elapsed)}")
-    top = ranked(snap.trials)[:5]
-    if not top:
-        ui.out.print("no trial completed; see the fail reasons above and "
-                     f"{out / 'workers'}")
+    if not c.complete:
+        ui.out.print(f"no trial completed; see the fail reasons above and {out / 'workers'}")
         return
-    defn = load_search(out)
-    ui.out.print("top trials (validation accuracy):")
-    for t in top:
-        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                           for k, v in defn.space.decode_params(t.params).items())
-        ui.out.print(f"  #{t.number:<4d} {ui.pct(t.value)}  {params}")
-    ui.out.print(f"best configuration: cifartune best {out} > best.toml")
+    for line in terminal_summary(load_search(out), snap.trials):
+        ui.out.print(line)
+    ui.out.print(f"best configuration: cifartune best {out} > best.toml; report: cifartune "
+                 f"report {out}")
 
 
 def final_run(out: Path) -> None:
@@ -199,6 +205,8 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     from cifartune.search import ensemble, load_run_study, load_search
     from cifartune.train._device import resolve_device
 
+    if args.top < 1:
+        raise CifartuneError("--top must be at least 1")
     defn = load_search(Path(args.run))
     config = apply(defn.base, {"data.val_size": 0})
     if args.data:
@@ -220,4 +228,54 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
         "test_accuracy_lossy": ev.accuracy_lossy, "per_class": ev.per_class,
         "confusion_matrix": ev.confusion, "seconds": time.perf_counter() - start}, indent=2))
     ui.out.print(f"wrote {folder / 'metrics.json'}")
+    return 0
+
+
+def add_report_parser(sub) -> None:
+    p = sub.add_parser("report", help="write the HTML analysis report of a search",
+                       description="Write RUN/report/index.html (self-contained, opens offline) "
+                       "and the figures as PNG beside it. Works while the search runs.")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--no-model", action="store_true", help="skip evaluating the best model on "
+                   "the test set (faster)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("dashboard", help="open the search in optuna-dashboard",
+                       description="Serve optuna-dashboard on the search's study storage and "
+                       "print its URL (Ctrl-C to stop).")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=cmd_dashboard)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from cifartune.report import build_report
+
+    res = build_report(Path(args.run), with_model=not args.no_model)
+    c = res.data.counts
+    ui.out.print(f"wrote {res.index} ({len(res.figures)} figures; {c.get('complete', 0)} "
+                 f"complete, {c.get('pruned', 0)} pruned, {c.get('fail', 0)} failed trials)")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from cifartune.search import load_search
+    from cifartune.search.study import open_storage
+
+    try:
+        from optuna_dashboard import run_server
+    except ImportError:
+        raise CifartuneError("the dashboard needs optuna-dashboard: pip install "
+                             "'cifartune[dashboard]'") from None
+    defn = load_search(Path(args.run))
+    storage = open_storage(defn.run_dir, defn.settings.storage)
+    ui.out.print(f"optuna-dashboard for study '{defn.settings.study}': "
+                 f"http://{args.host}:{args.port}/  (Ctrl-C to stop)")
+    ui.out.file.flush()
+    try:
+        run_server(storage, host=args.host, port=args.port)
+    except OSError as e:
+        raise CifartuneError(f"cannot serve on {args.host}:{args.port} ({e.strerror}); "
+                             "choose another --port") from None
     return 0

@@ -15,10 +15,14 @@ from cifartune.data.sources import load_dataset
 
 def prepare_data(cfg: DataConfig, progress: Progress | None = None) -> Dataset:
     """Load the configured dataset, apply slices and hold out the validation split."""
-    ds = load_dataset(cfg.path or None, progress=progress)
+    return prepare(load_dataset(cfg.path or None, progress=progress), cfg)
+
+
+def prepare(ds: Dataset, cfg: DataConfig) -> Dataset:
+    """Slices and validation split of an already loaded dataset."""
     ds = limit(ds, cfg.train_limit, cfg.test_limit, seed=cfg.val_seed)
     return split_validation(ds, cfg.val_size, cfg.val_seed)
 
 
 __all__ = ["CIFAR10_CLASSES", "Dataset", "Split", "channel_stats", "limit", "load_dataset",
-           "prepare_data", "split_validation"]
+           "prepare", "prepare_data", "split_validation"]

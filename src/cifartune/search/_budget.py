@@ -6,6 +6,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -19,6 +20,7 @@ from cifartune.search.trial import (
     ATTR_WORKER,
 )
 
+EXIT_USER_ERROR = 2  # a worker exiting with this hit a user error: restarting cannot help
 STALE_SECONDS = 120.0  # a running trial without a heartbeat this long has lost its worker
 
 
@@ -71,6 +73,16 @@ def may_start(study: optuna.Study, settings: SearchSettings, deadline: float) ->
     return not settings.n_trials or c.finished + c.running < settings.n_trials
 
 
+def machine_id() -> str:
+    """Host name plus this boot's id: containers on different hosts may share a host name,
+    and a PID is only meaningful on the machine (and boot) that issued it."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    except OSError:
+        boot = ""
+    return f"{socket.gethostname()}-{boot}" if boot else socket.gethostname()
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -87,7 +99,7 @@ def is_stale(t: FrozenTrial, now: float, grace: float = STALE_SECONDS) -> str | 
         return None
     worker = str(t.user_attrs.get(ATTR_WORKER, ""))
     host, _, pid = worker.rpartition(":")
-    if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
+    if host == machine_id() and pid.isdigit() and not _pid_alive(int(pid)):
         return f"worker {worker} died (process gone)"
     beat = t.user_attrs.get(ATTR_HEARTBEAT)
     if beat is None and t.datetime_start is not None:

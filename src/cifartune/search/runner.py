@@ -3,6 +3,7 @@ workers that die, and report snapshots to the caller until the budget is spent."
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -75,8 +76,11 @@ class _Workers:
             env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
         return env
 
+    def log(self, index: int) -> Path:
+        return self.run_dir / "workers" / f"worker-{index}.log"
+
     def start(self, index: int) -> None:
-        log = open(self.run_dir / "workers" / f"worker-{index}.log", "a")  # noqa: SIM115
+        log = open(self.log(index), "a")  # noqa: SIM115
         self.procs[index] = subprocess.Popen(
             [sys.executable, "-m", "cifartune.search.worker", str(self.run_dir), str(index),
              str(self.deadline)], env=self._env(index), stdout=log, stderr=subprocess.STDOUT,
@@ -95,30 +99,39 @@ class _Workers:
             if p.returncode == 130:  # interrupted: the command is stopping
                 self.procs[i] = None
                 continue
+            if p.returncode == _budget.EXIT_USER_ERROR:  # e.g. data missing: restarting cannot help
+                self.procs[i] = None
+                events.append(f"worker {i} stopped: {_last_line(self.log(i))}")
+                continue
             self.procs[i] = None
             if self.restarts[i] < MAX_RESTARTS and _budget.may_start(study, self.settings,
                                                                      self.deadline):
                 self.restarts[i] += 1
                 events.append(f"worker {i} exited with code {p.returncode}; restarted "
-                              f"(log: {self.run_dir / 'workers' / f'worker-{i}.log'})")
+                              f"(log: {self.log(i)})")
                 self.start(i)
             else:
                 events.append(f"worker {i} exited with code {p.returncode}; not restarted")
         return events
 
     def stop(self, grace: float = 60.0) -> None:
-        for p in self.procs:
-            if p is not None and p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        end = time.time() + grace
-        for p in self.procs:
-            if p is None:
-                continue
-            try:
-                p.wait(timeout=max(0.1, end - time.time()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        """Let workers finish recording their interrupted trials (Ctrl-C reached them too),
+        then interrupt the rest, then kill what is still alive after `grace` seconds."""
+        live = [p for p in self.procs if p is not None]
+        for sig, wait in ((None, 10.0), (signal.SIGINT, grace), (signal.SIGKILL, 10.0)):
+            live = [p for p in live if p.poll() is None]
+            for p in live:
+                if sig is not None:
+                    p.send_signal(sig)
+            end = time.time() + wait
+            for p in live:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(timeout=max(0.1, end - time.time()))
+
+
+def _last_line(path: Path) -> str:
+    lines = [x for x in path.read_text(errors="replace").splitlines() if x.strip()]
+    return lines[-1] if lines else f"see {path}"
 
 
 def _gpu_count() -> int:
@@ -154,10 +167,10 @@ def run_search(run_dir: Path, space: SearchSpace, base: Config, settings: Search
                 on_poll(snap)
             if not snap.workers:
                 return snapshot(study, settings, start, deadline, 0, [])
-    except KeyboardInterrupt:
-        workers.stop()
-        _budget.recover_stale(study)
-        raise
+    finally:  # Ctrl-C, or any error here: never leave workers running unattended
+        if workers.alive():
+            workers.stop()
+            _budget.recover_stale(study)
 
 
 def snapshot(study: optuna.Study, settings: SearchSettings, start: float, deadline: float,

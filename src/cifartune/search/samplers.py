@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import optuna
@@ -15,9 +16,12 @@ def _random(seed: int) -> optuna.samplers.BaseSampler:
 
 def _tpe(seed: int) -> optuna.samplers.BaseSampler:
     # multivariate + group model joint and conditional parameters; constant_liar keeps
-    # parallel workers from proposing the same point while trials are running.
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
-                                      constant_liar=True, n_startup_trials=8)
+    # parallel workers from proposing the same point while trials are running. (Optuna
+    # calls these options experimental; they are what its docs recommend for such spaces.)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                          constant_liar=True, n_startup_trials=8)
 
 
 def _gp(seed: int) -> optuna.samplers.BaseSampler:

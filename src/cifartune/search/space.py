@@ -25,7 +25,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from cifartune.config import Config, apply, full_key, toml_value
+from cifartune.config import Config, apply, flatten, full_key, toml_value
 from cifartune.errors import CifartuneError, ConfigError
 
 KINDS = ("float", "int", "categorical")
@@ -129,7 +129,7 @@ class SearchSpace:
             lines.append("")
         if self.fixed:
             lines.append("[fixed]")
-            lines += [f"{k} = {toml_value(v)}" for k, v in self.fixed.items()]
+            lines += [f"{toml_value(k)} = {toml_value(v)}" for k, v in self.fixed.items()]
         return "\n".join(lines) + "\n"
 
 
@@ -178,7 +178,8 @@ def parse_space(text: str, name: str, where: str | None = None) -> SearchSpace:
     fixed = tree.get("fixed", {})
     if not isinstance(fixed, dict):
         raise SpaceError(f"{where}: [fixed] must be a table of config keys")
-    space = SearchSpace(name, params, dict(fixed), str(tree.get("description", "")))
+    # `model.arch = ...` (unquoted) is a nested table in TOML; either spelling means the key.
+    space = SearchSpace(name, params, flatten(fixed), str(tree.get("description", "")))
     _check_values(space, where)
     return space
 

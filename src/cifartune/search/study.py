@@ -66,7 +66,7 @@ def open_storage(run_dir: Path, url: str) -> optuna.storages.BaseStorage:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CifartuneError(f"cannot open storage {url} ({first}); check the URL, that the "
                              "server is up and the driver installed (pip install "
-                             "psycopg2-binary for PostgreSQL)") from None
+                             "'cifartune[postgres]' for PostgreSQL)") from None
 
 
 def open_study(run_dir: Path, settings: SearchSettings, max_epochs: int,

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import optuna
 
-from cifartune.data import Dataset
+from cifartune.config import DataConfig
+from cifartune.data import Dataset, load_dataset, prepare
 from cifartune.errors import CifartuneError
 from cifartune.search.space import SearchSpace
 from cifartune.train import EpochReport, train
@@ -29,20 +30,39 @@ ATTR_REASON = "fail_reason"
 ATTR_RETRY_OF = "retry_of"
 ATTR_WORKER = "worker"  # host:pid
 ATTR_HEARTBEAT = "heartbeat"  # unix time of the last sign of life
+ATTR_RSS = "worker_peak_rss_mb"  # worker's peak memory after the trial (growth = a leak)
 
 
 def trial_dir(run_dir: Path, number: int) -> Path:
     return run_dir / "trials" / f"{number:04d}"
 
 
-def run_trial(trial: optuna.Trial, space: SearchSpace, base, data: Dataset,
+class TrialData:
+    """Datasets for trials: each source is loaded once per worker, and the slices and
+    validation split follow each trial's own data config (a space may fix or search them)."""
+
+    def __init__(self) -> None:
+        self.raw: dict[str, Dataset] = {}
+        self.last: tuple[str, Dataset] | None = None
+
+    def __call__(self, cfg: DataConfig) -> Dataset:
+        key = repr(cfg)
+        if self.last is None or self.last[0] != key:
+            if cfg.path not in self.raw:
+                self.raw[cfg.path] = load_dataset(cfg.path or None)
+            self.last = (key, prepare(self.raw[cfg.path], cfg))
+        return self.last[1]
+
+
+def run_trial(trial: optuna.Trial, space: SearchSpace, base, data_for: TrialData,
               run_dir: Path) -> float:
     """Train one sampled configuration; return its validation accuracy (with TTA).
     Raises optuna.TrialPruned when the pruner stops it."""
-    if data.val is None:
-        raise CifartuneError("searches need a validation split: set data.val_size > 0")
     values = space.suggest(trial)
     config = space.trial_config(base, values)
+    data = data_for(config.data)
+    if data.val is None:
+        raise CifartuneError("searches need a validation split: set data.val_size > 0")
     folder = trial_dir(run_dir, trial.number)
     start_run(folder, config)
     trial.set_user_attr(ATTR_DIR, str(folder))

@@ -10,10 +10,11 @@ power loss) is detected by the others and its trial failed and queued again.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gc
 import os
+import resource
 import signal
-import socket
 import sys
 import threading
 import time
@@ -22,17 +23,19 @@ from pathlib import Path
 
 import optuna
 import torch
+from optuna.trial import TrialState
 
-from cifartune.data import prepare_data
 from cifartune.errors import CifartuneError, DivergenceError
 from cifartune.search import _budget
-from cifartune.search._budget import requeue
+from cifartune.search._budget import EXIT_USER_ERROR, machine_id, requeue
 from cifartune.search.results import prune_checkpoints
 from cifartune.search.study import SearchDefinition, load_search, max_epochs, open_study
 from cifartune.search.trial import (
     ATTR_HEARTBEAT,
     ATTR_REASON,
+    ATTR_RSS,
     ATTR_WORKER,
+    TrialData,
     run_trial,
     trial_dir,
 )
@@ -70,46 +73,71 @@ class Heartbeat:
             self._beat()
 
 
-def fail(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
-    """Record a failed trial with its reason (no-op if it was finished meanwhile)."""
-    try:
-        trial.set_user_attr(ATTR_REASON, reason[:2000])
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-    except (RuntimeError, ValueError, optuna.exceptions.UpdateFinishedTrialError):
-        pass
-
-
 def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return f"{machine_id()}:{os.getpid()}"
 
 
-def run_one(study: optuna.Study, defn: SearchDefinition, data, heartbeat: Heartbeat) -> None:
-    trial = study.ask()
-    trial.set_user_attr(ATTR_WORKER, worker_id())
-    heartbeat.watch(trial._trial_id)
-    folder = trial_dir(defn.run_dir, trial.number)
+def _rss_mb() -> float:
+    """Peak resident memory of this worker process, MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+Outcome = tuple[TrialState, float | None, str]  # state, value, failure reason
+
+
+def _outcome(trial: optuna.Trial, defn: SearchDefinition, data: TrialData) -> Outcome:
+    """Run the trial; return its state, value and (for failures) the reason."""
     try:
-        value = run_trial(trial, defn.space, defn.base, data, defn.run_dir)
-        study.tell(trial, value)
+        return TrialState.COMPLETE, run_trial(trial, defn.space, defn.base, data,
+                                               defn.run_dir), ""
     except optuna.TrialPruned:
-        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-    except DivergenceError as e:
-        fail(study, trial, str(e))
+        return TrialState.PRUNED, None, ""
+    except (DivergenceError, CifartuneError) as e:
+        return TrialState.FAIL, None, str(e)
     except (torch.OutOfMemoryError, MemoryError):
-        fail(study, trial, "out of memory: lower batch_size or the model size")
-    except CifartuneError as e:
-        fail(study, trial, str(e))
-    except KeyboardInterrupt:
-        fail(study, trial, "interrupted (Ctrl-C); queued to run again on resume")
-        requeue(study, trial.number, trial.params)
-        raise
+        return TrialState.FAIL, None, "out of memory: lower batch_size or the model size"
     except Exception as e:  # noqa: BLE001 - any bug in one trial must not stop the search
+        folder = trial_dir(defn.run_dir, trial.number)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "error.txt").write_text(traceback.format_exc())
-        fail(study, trial, f"{type(e).__name__}: {e} (traceback in {folder / 'error.txt'})")
-    finally:
+        return TrialState.FAIL, None, f"{type(e).__name__}: {e} (traceback in {folder}/error.txt)"
+
+
+def next_trial(study: optuna.Study, defn: SearchDefinition,
+               deadline: float) -> optuna.Trial | None:
+    """A new (or queued) trial if the budget allows. The budget check and `ask` happen under
+    a lock on the run folder, so local workers never overshoot --n-trials together (workers
+    on other machines sharing a database may overshoot by one trial each)."""
+    with open(defn.run_dir / ".budget.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not _budget.may_start(study, defn.settings, deadline):
+            return None
+        trial = study.ask()
+        trial.set_user_attr(ATTR_WORKER, worker_id())
+        return trial
+
+
+def run_one(study: optuna.Study, trial: optuna.Trial, defn: SearchDefinition, data: TrialData,
+            heartbeat: Heartbeat) -> None:
+    heartbeat.watch(trial._trial_id)
+    try:
+        state, value, reason = _outcome(trial, defn, data)
+    except KeyboardInterrupt:
         heartbeat.watch(None)
-        gc.collect()  # free the model and optimizer state before the next trial
+        with contextlib.suppress(Exception):
+            trial.set_user_attr(ATTR_REASON, "interrupted (Ctrl-C); queued again for resume")
+            study.tell(trial, state=TrialState.FAIL)
+            requeue(study, trial.number, trial.params)
+        raise
+    heartbeat.watch(None)
+    gc.collect()  # free the model and optimizer state before the next trial
+    try:
+        trial.set_user_attr(ATTR_RSS, round(_rss_mb(), 1))
+        if reason:
+            trial.set_user_attr(ATTR_REASON, reason[:2000])
+        study.tell(trial, value, state=state, skip_if_finished=True)
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+        pass  # another process judged this trial's worker dead and failed it meanwhile
     if defn.settings.keep_top:
         prune_checkpoints(defn.run_dir, study.get_trials(deepcopy=False), defn.settings.keep_top)
 
@@ -132,14 +160,21 @@ def main(argv: list[str]) -> int:
     threads = int(os.environ.get("CIFARTUNE_THREADS", "0"))
     if threads:
         torch.set_num_threads(threads)
-    defn = load_search(run_dir)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(run_dir, defn.settings, max_epochs(defn.space, defn.base), index)
-    data = prepare_data(defn.base.data)
+    try:
+        defn = load_search(run_dir)
+        study = open_study(run_dir, defn.settings, max_epochs(defn.space, defn.base), index)
+        data = TrialData()
+        data(defn.space.trial_config(defn.base, {}).data)  # load (and check) the data now
+    except CifartuneError as e:  # e.g. the data went missing: retrying will not help
+        print(f"cifartune worker: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        return 130
     heartbeat = Heartbeat(study)
     try:
-        while _budget.may_start(study, defn.settings, deadline):
-            run_one(study, defn, data, heartbeat)
+        while (trial := next_trial(study, defn, deadline)) is not None:
+            run_one(study, trial, defn, data, heartbeat)
     except KeyboardInterrupt:
         return 130
     return 0

@@ -21,7 +21,12 @@ from cifartune.data.loader import TrainBatches, as_float, to_device
 from cifartune.errors import DivergenceError
 from cifartune.models import Classifier, ModelStats, create_model, model_stats
 from cifartune.train._averaging import WeightAverage
-from cifartune.train._device import resolve_device, resolve_dtype, synchronize
+from cifartune.train._device import (
+    keep_freed_memory,
+    resolve_device,
+    resolve_dtype,
+    synchronize,
+)
 from cifartune.train.evaluate import autocast, predict_logits
 from cifartune.train.optim import build_optimizers, l2_penalty, lr_factor, set_lr
 
@@ -76,8 +81,10 @@ def train(config: Config, data: Dataset | None = None,
           on_epoch: Callable[[EpochReport], None] | None = None) -> TrainResult:
     t = config.train
     data = data if data is not None else prepare_data(config.data)
-    device, dtype = resolve_device(t.device), None
+    device = resolve_device(t.device)
     dtype = resolve_dtype(t.precision, device)
+    if device.type == "cpu":
+        keep_freed_memory()
     model = build_model(config, data, device)
     batches = TrainBatches(data.train, t.batch_size, config.augment, device, t.seed)
     model.init_from_data(as_float(batches.x[:WHITEN_SAMPLE]))

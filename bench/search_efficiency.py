@@ -1,0 +1,104 @@
+"""Search efficiency: random search without pruning against TPE + ASHA, same wall clock.
+
+    python bench/search_efficiency.py [--minutes 45] [--space fast] [--out bench/runs/eff]
+
+Each arm runs `run_search` (the same code as `cifartune search`) with the same time budget,
+one after the other on this machine. Only trials finished inside an arm's budget count.
+For each arm it reports the best validation accuracy, trials completed / pruned / failed,
+epochs spent, and the time each arm needed to reach random search's final best.
+Goal: TPE + ASHA gets there in at most half the budget and ends higher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from optuna.trial import FrozenTrial, TrialState
+
+from cifartune.config import apply, resolve_config
+from cifartune.search import SearchSettings, load_space, run_search
+
+ARMS = (("random", "none"), ("tpe", "asha"))
+
+
+def finished_by(trials: list[FrozenTrial], start: float, budget: float) -> list[FrozenTrial]:
+    return [t for t in trials if t.state.is_finished() and t.datetime_complete is not None
+            and t.datetime_complete.timestamp() - start <= budget]
+
+
+def best_curve(trials: list[FrozenTrial], start: float) -> list[tuple[float, float]]:
+    """(seconds since the arm started, best validation accuracy so far), per improvement."""
+    curve, best = [], float("-inf")
+    done = sorted((t for t in trials if t.state == TrialState.COMPLETE),
+                  key=lambda t: t.datetime_complete)
+    for t in done:
+        if t.value > best:
+            best = t.value
+            curve.append((t.datetime_complete.timestamp() - start, best))
+    return curve
+
+
+def time_to_reach(curve: list[tuple[float, float]], target: float) -> float | None:
+    return next((s for s, v in curve if v >= target), None)
+
+
+def run_arm(sampler: str, pruner: str, args: argparse.Namespace) -> dict:
+    out = Path(args.out) / f"{sampler}-{pruner}"
+    space = load_space(args.space)
+    base = resolve_config(overrides=[f"data.path={args.data!r}"] if args.data else [])
+    base = apply(base, {"data.val_size": 5000})
+    settings = SearchSettings(study=out.name, sampler=sampler, pruner=pruner, seed=args.seed,
+                              timeout=args.minutes * 60)
+    start = time.time()
+    snap = run_search(out, space, base, settings,
+                      on_poll=lambda s: print(f"\r  {sampler}+{pruner}: {s.counts.complete} "
+                                              f"complete, {s.counts.pruned} pruned, "
+                                              f"{s.elapsed / 60:.1f} min", end="", flush=True),
+                      poll_seconds=5)
+    print()
+    budget = args.minutes * 60
+    trials = finished_by(snap.trials, start, budget)
+    curve = best_curve(trials, start)
+    states = [t.state for t in trials]
+    return {
+        "arm": f"{sampler}+{pruner}", "run": str(out), "budget_seconds": budget,
+        "best_val_accuracy": curve[-1][1] if curve else None,
+        "complete": states.count(TrialState.COMPLETE),
+        "pruned": states.count(TrialState.PRUNED), "failed": states.count(TrialState.FAIL),
+        "epochs": sum(float(t.user_attrs.get("epochs_done", 0)) for t in trials),
+        "curve": curve, "wall_seconds": time.time() - start,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--minutes", type=float, default=45.0, help="wall-clock budget per arm")
+    p.add_argument("--space", default="fast")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", help="dataset path (default: $CIFARTUNE_DATA)")
+    p.add_argument("--out", default="bench/runs/search_efficiency")
+    args = p.parse_args()
+    results = [run_arm(s, pr, args) for s, pr in ARMS]
+    target = results[0]["best_val_accuracy"]
+    for r in results:
+        r["seconds_to_reach_random_best"] = (time_to_reach(r["curve"], target)
+                                             if target is not None else None)
+    print(f"\nspace {args.space}, {args.minutes:g} min per arm, target = random search's final "
+          f"best ({target:.4f})" if target else "\nrandom search completed no trial")
+    print(f"{'arm':12s} {'best val':>9s} {'complete':>9s} {'pruned':>7s} {'failed':>7s} "
+          f"{'epochs':>7s} {'time to random best':>20s}")
+    for r in results:
+        reach = r["seconds_to_reach_random_best"]
+        reach_s = f"{reach / 60:.1f} min ({reach / r['budget_seconds']:.0%})" if reach else "never"
+        best = f"{r['best_val_accuracy']:.4f}" if r["best_val_accuracy"] else "-"
+        print(f"{r['arm']:12s} {best:>9s} {r['complete']:9d} {r['pruned']:7d} {r['failed']:7d} "
+              f"{r['epochs']:7.0f} {reach_s:>20s}")
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "results.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""Assemble `index.html`: one self-contained page (figures embedded as base64 PNG), readable
+offline, with the tables users copy into papers."""
+
+from __future__ import annotations
+
+import base64
+import html
+import time
+from pathlib import Path
+
+from cifartune.report.data import BestModelData, ReportData, TrialRow
+
+CSS = """
+body { font: 14px/1.45 system-ui, -apple-system, Segoe UI, sans-serif; margin: 2em auto;
+       max-width: 1150px; color: #222; padding: 0 1em; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em;
+       margin-top: 2em; }
+table { border-collapse: collapse; margin: .6em 0; font-size: 13px; }
+th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
+th { background: #f4f4f4; } td.l, th.l { text-align: left; }
+img { max-width: 100%; display: block; margin: .8em 0; }
+.note { color: #666; font-size: 12px; } .big { font-size: 1.25em; }
+.counts span { margin-right: 1.5em; }
+"""
+
+
+def _e(x) -> str:
+    return html.escape(str(x))
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return _e(v)
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _trial_table(rows: list[TrialRow], params: list[str]) -> str:
+    head = "".join(f"<th>{_e(p)}</th>" for p in params)
+    out = [f"<table><tr><th>rank</th><th>trial</th><th>val accuracy</th>{head}<th>epochs</th>"
+           "<th>time (s)</th></tr>"]
+    for i, r in enumerate(rows, 1):
+        cells = "".join(f"<td>{_fmt(r.params.get(p, '-'))}</td>" for p in params)
+        out.append(f"<tr><td>{i}</td><td>{r.number}</td><td>{r.value:.2%}</td>{cells}"
+                   f"<td>{r.epochs:g}</td><td>{r.seconds:.0f}</td></tr>")
+    return "".join(out) + "</table>"
+
+
+def _report_table(b: BestModelData) -> str:
+    ev = b.evaluation
+    out = ['<table><tr><th class="l"></th><th>precision</th><th>recall</th><th>f1-score</th>'
+           "<th>support</th></tr>"]
+    for c in ev.classes:
+        m = ev.per_class[c]
+        out.append(f'<tr><td class="l">{_e(c)}</td><td>{m["precision"]:.4f}</td>'
+                   f'<td>{m["recall"]:.4f}</td><td>{m["f1-score"]:.4f}</td>'
+                   f'<td>{int(m["support"])}</td></tr>')
+    out.append(f'<tr><td class="l">accuracy</td><td></td><td></td><td>{ev.accuracy:.4f}</td>'
+               f"<td>{ev.n}</td></tr>")
+    for name, m in (("macro avg", ev.macro_avg), ("weighted avg", ev.weighted_avg)):
+        out.append(f'<tr><td class="l">{name}</td><td>{m["precision"]:.4f}</td>'
+                   f'<td>{m["recall"]:.4f}</td><td>{m["f1-score"]:.4f}</td>'
+                   f'<td>{int(m["support"])}</td></tr>')
+    return "".join(out) + "</table>"
+
+
+def _section(title: str, body: str, sid: str) -> str:
+    return f'<section id="{sid}"><h2>{_e(title)}</h2>{body}</section>'
+
+
+def render(d: ReportData, best: BestModelData | None, figs: dict[str, Path],
+           errors: list[str] = ()) -> str:
+    c = d.counts
+    params = d.parallel_params
+    counts = "".join(f"<span><b>{c.get(k, 0)}</b> {k}</span>"
+                     for k in ("complete", "pruned", "fail", "running", "waiting"))
+    overview = f'<p class="counts big">{counts}</p>'
+    if d.top:
+        overview += (f"<p>Best validation accuracy: <b>{d.top[0].value:.2%}</b> (trial "
+                     f"{d.top[0].number}).</p>")
+    overview += "".join(_img(figs[k], k) for k in ("history",) if k in figs)
+    overview += "<h3>Top trials</h3>" + (_trial_table(d.top, params) if d.top else
+                                         "<p>No completed trial yet.</p>")
+    failed = [t for t in d.trials if t.state == "fail"]
+    if failed:
+        overview += "<h3>Failed trials</h3><table><tr><th>trial</th><th class='l'>reason</th>"
+        overview += "".join(f"<tr><td>{t.number}</td><td class='l'>{_e(t.reason)}</td></tr>"
+                            for t in failed) + "</table>"
+
+    impact = f'<p class="note">{_e(d.importance_note)}</p>'
+    impact += "".join(_img(figs[k], k) for k in ("importance", "slices", "parallel", "contour")
+                      if k in figs)
+    if not any(k in figs for k in ("importance", "slices", "parallel", "contour")):
+        impact += "<p>Not enough completed trials to show hyperparameter impact yet.</p>"
+
+    curves = _img(figs["curves"], "learning curves") if "curves" in figs else \
+        "<p>No trial has finished an epoch yet.</p>"
+
+    if best is None:
+        model = "<p>No model to evaluate yet (no completed trial with a checkpoint).</p>"
+    else:
+        ev = best.evaluation
+        lossless = ""
+        if ev.accuracy_lossless is not None and ev.n_lossless < ev.n:
+            lossless = (f"<br>on the {ev.n_lossless} lossless (pixel-exact) images: "
+                        f"<b>{ev.accuracy_lossless:.2%}</b> (headline); on the "
+                        f"{ev.n - ev.n_lossless} JPEG re-encoded images: "
+                        f"{ev.accuracy_lossy:.2%}")
+        model = (f"<p>{_e(best.source)}</p><p class='big'>Test accuracy on all {ev.n} images: "
+                 f"<b>{ev.accuracy:.2%}</b>{lossless}</p><h3>Classification report</h3>"
+                 + _report_table(best)
+                 + "".join(_img(figs[k], k) for k in ("confusion", "per_class", "wrong")
+                           if k in figs))
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+            f"<title>cifartune report: {_e(d.run_dir.name)}</title><style>{CSS}</style></head>"
+            f"<body><h1>Search report: {_e(d.run_dir.name)}</h1>"
+            f"<p class='note'>space <b>{_e(d.space)}</b>; {len(d.trials)} trials; generated "
+            f"{stamp} by cifartune. Validation accuracy is measured on images held out from "
+            f"the training set; the test set is only used for the final model.</p>"
+            + "".join(f"<p class='note'>{_e(e)}</p>" for e in errors)
+            + _section("1. Search overview", overview, "overview")
+            + _section("2. Hyperparameter impact", impact, "impact")
+            + _section("3. Learning curves", curves, "curves")
+            + _section("4. Best model", model, "model")
+            + "</body></html>")

@@ -1,0 +1,65 @@
+"""A tiny real search (random sampler, ASHA pruning, a diverging choice that fails) shared by
+the report tests."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ..search.conftest import TINY_FIXED, search
+
+REPORT_SPACE = """
+description = "tiny report test space"
+[params.lr]
+key = "optim.lr"
+type = "float"
+low = 0.0005
+high = 0.6
+log = true
+[params.label_smoothing]
+type = "float"
+low = 0.0
+high = 0.3
+[params.cutout]
+key = "augment.cutout"
+type = "categorical"
+choices = [0, 8]
+[params.l2]
+key = "optim.l2"
+type = "categorical"
+choices = [0.0, 1e38]  # 1e38 * sum(w^2) overflows: the loss is inf at once
+""" + TINY_FIXED.replace("test_limit = 300", "test_limit = 500").replace("tta = 0", "tta = 1")
+
+
+@pytest.fixture(scope="session")
+def report_run(tmp_path_factory, cifar_root) -> Path:
+    root = tmp_path_factory.mktemp("report")
+    space = root / "space.toml"
+    space.write_text(REPORT_SPACE)
+    run = root / "run"
+    r = search(run, space, cifar_root, "--sampler", "random", "--seed", "2", "--pruner",
+               "asha", "--n-trials", "12", timeout=600)
+    assert r.returncode == 0, r.stderr
+    return run
+
+
+def _installed() -> bool:
+    return bool(shutil.which("chromium") and shutil.which("chromedriver"))
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium and chromedriver, installed on first use (needs root and apt)."""
+    if not _installed() and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"],
+                       capture_output=True, timeout=900)
+        if not _installed():
+            subprocess.run(["apt-get", "update", "-q"], capture_output=True, timeout=600)
+            subprocess.run(["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"],
+                           capture_output=True, timeout=900)
+    if not _installed():
+        pytest.skip("chromium/chromedriver not installed and apt-get could not install them")
+    return shutil.which("chromium")

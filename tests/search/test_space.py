@@ -1,0 +1,102 @@
+import optuna
+import pytest
+
+from cifartune.config import Config
+from cifartune.search import SpaceError, builtin_spaces, load_space
+from cifartune.search.space import parse_space
+
+
+def test_builtin_spaces_load():
+    assert {"fast", "seed"} <= set(builtin_spaces())
+    for name in builtin_spaces():
+        space = load_space(name)
+        assert space.params and space.description
+
+
+def test_seed_space_is_the_original_search():
+    space = load_space("seed")
+    p = {x.name: x for x in space.params}
+    assert list(p) == ["lr", "batch_size", "depth", "units", "optimizer", "l2", "dropout",
+                       "schedule"]
+    assert (p["lr"].low, p["lr"].high, p["lr"].log) == (1e-4, 5e-4, True)
+    assert p["batch_size"].choices == (128, 256)
+    assert p["depth"].choices == (3, 4, 5) and p["depth"].key == "model.resnet.depth"
+    assert p["units"].choices == (512, 768, 1024)
+    assert p["optimizer"].choices == ("adam", "adamw")
+    assert set(p["schedule"].choices) == {"cosine", "exponential"}
+    base = space.trial_config(Config(), {})
+    assert base.optim.momentum == 0.9 and base.train.epochs == 40
+    assert base.model.arch == "resnet"
+
+
+@pytest.mark.parametrize("name", ["fast", "seed"])
+def test_sampled_configs_are_valid(name):
+    space = load_space(name)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        trial = study.ask()
+        values = space.suggest(trial)
+        config = space.trial_config(Config(), values)
+        assert isinstance(config, Config)
+        study.tell(trial, 0.5)
+
+
+def test_conditional_parameter_only_when_its_condition_holds():
+    space = parse_space("""
+[params.optimizer]
+type = "categorical"
+choices = ["sgd", "adam"]
+[params.momentum]
+type = "float"
+low = 0.5
+high = 0.99
+when = { optimizer = ["sgd"] }
+""", "t")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = set()
+    for _ in range(30):
+        trial = study.ask()
+        values = space.suggest(trial)
+        assert ("momentum" in values) == (values["optimizer"] == "sgd")
+        seen.add(values["optimizer"])
+        study.tell(trial, 0.1)
+    assert seen == {"sgd", "adam"}
+
+
+def test_list_valued_choices_round_trip():
+    space = load_space("fast")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    values = space.suggest(trial)
+    assert isinstance(values["widths"], list)
+    assert space.decode_params(trial.params)["widths"] == values["widths"]
+    assert parse_space(space.to_toml(), "fast").params == space.params
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("[params.lr\n", "not valid TOML"),
+    ("description = 'x'\n", "defines no parameters"),
+    ("[params.lr]\ntype = 'float'\nlow = 1\n", "'high' must be a number"),
+    ("[params.lr]\ntype = 'float'\nlow = 1.0\nhigh = 0.5\n", "must be below high"),
+    ("[params.lr]\ntype = 'float'\nlow = 0.0\nhigh = 0.5\nlog = true\n", "log scale needs low"),
+    ("[params.lr]\ntype = 'gaussian'\n", "type must be one of"),
+    ("[params.nope]\ntype = 'float'\nlow = 0.0\nhigh = 1.0\n", "unknown config key 'nope'"),
+    ("[params.optimizer]\ntype = 'categorical'\nchoices = []\n", "non-empty 'choices'"),
+    ("[params.optimizer]\ntype = 'categorical'\nchoices = ['rmsprop']\n", "must be one of"),
+    ("[params.lr]\ntype = 'float'\nlow = 0.1\nhigh = 0.5\nwhen = { optimizer = ['sgd'] }\n",
+     "not a parameter defined above"),
+    ("[params.lr]\ntype = 'float'\nlow = 0.1\nhigh = 0.5\nstep = -1.0\n", "step must be"),
+    ("[params.lr]\ntype = 'float'\nlow = 0.1\nhigh = 0.5\ncolour = 1\n", "unknown fields"),
+    ("[params.lr]\ntype = 'float'\nlow = 0.1\nhigh = 0.5\n[fixed]\nepochs = 'x'\n",
+     "must be float"),
+    ("[params.lr]\ntype = 'float'\nlow = 0.1\nhigh = 0.5\n[extras]\n", "unknown top-level"),
+])
+def test_malformed_spaces_give_one_line_errors(text, fragment):
+    with pytest.raises(SpaceError, match=fragment) as e:
+        parse_space(text, "bad")
+    assert "\n" not in str(e.value)
+
+
+def test_missing_space_file():
+    with pytest.raises(SpaceError, match="neither a built-in space"):
+        load_space("/no/such/space.toml")
