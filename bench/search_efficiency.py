@@ -1,9 +1,12 @@
 """Search efficiency: random search without pruning against TPE + ASHA, same wall clock.
 
     python bench/search_efficiency.py [--minutes 45] [--space fast] [--out bench/runs/eff]
+                                      [--parallel]
 
 Each arm runs `run_search` (the same code as `cifartune search`) with the same time budget,
-one after the other on this machine. Only trials finished inside an arm's budget count.
+one after the other on this machine, or with --parallel both at once, each pinned to its own
+half of the CPU cores (equal hardware, half the wall clock). Only trials finished inside an
+arm's budget count.
 For each arm it reports the best validation accuracy, trials completed / pruned / failed,
 epochs spent, and the time each arm needed to reach random search's final best.
 Goal: TPE + ASHA gets there in at most half the budget and ends higher.
@@ -13,6 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -53,12 +59,15 @@ def run_arm(sampler: str, pruner: str, args: argparse.Namespace) -> dict:
     settings = SearchSettings(study=out.name, sampler=sampler, pruner=pruner, seed=args.seed,
                               timeout=args.minutes * 60)
     start = time.time()
-    snap = run_search(out, space, base, settings,
-                      on_poll=lambda s: print(f"\r  {sampler}+{pruner}: {s.counts.complete} "
-                                              f"complete, {s.counts.pruned} pruned, "
-                                              f"{s.elapsed / 60:.1f} min", end="", flush=True),
-                      poll_seconds=5)
-    print()
+    shown = [-1]
+
+    def progress(s) -> None:  # one line a minute: arms running in parallel share the terminal
+        if int(s.elapsed // 60) > shown[0]:
+            shown[0] = int(s.elapsed // 60)
+            print(f"  {sampler}+{pruner}: {s.counts.complete} complete, {s.counts.pruned} "
+                  f"pruned, {s.counts.failed} failed, {s.elapsed / 60:.0f} min", flush=True)
+
+    snap = run_search(out, space, base, settings, on_poll=progress, poll_seconds=5)
     budget = args.minutes * 60
     trials = finished_by(snap.trials, start, budget)
     curve = best_curve(trials, start)
@@ -73,6 +82,27 @@ def run_arm(sampler: str, pruner: str, args: argparse.Namespace) -> dict:
     }
 
 
+def run_arms_in_parallel(args: argparse.Namespace) -> list[dict]:
+    """Each arm in its own process, pinned to its own share of the cores."""
+    cores = sorted(os.sched_getaffinity(0))
+    share = max(1, len(cores) // len(ARMS))
+    argv = [a for a in sys.argv[1:] if a != "--parallel"]
+    procs = []
+    for i in range(len(ARMS)):
+        mine = set(cores[i * share:(i + 1) * share]) or set(cores)
+        procs.append(subprocess.Popen(
+            [sys.executable, __file__, *argv, "--arm", str(i)],
+            preexec_fn=lambda m=mine: os.sched_setaffinity(0, m)))
+    if any(p.wait() for p in procs):
+        raise SystemExit("an arm failed; see its output above")
+    return [json.loads(arm_file(args, i).read_text()) for i in range(len(ARMS))]
+
+
+def arm_file(args: argparse.Namespace, index: int) -> Path:
+    sampler, pruner = ARMS[index]
+    return Path(args.out) / f"{sampler}-{pruner}" / "arm.json"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=45.0, help="wall-clock budget per arm")
@@ -80,8 +110,17 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", help="dataset path (default: $CIFARTUNE_DATA)")
     p.add_argument("--out", default="bench/runs/search_efficiency")
+    p.add_argument("--parallel", action="store_true",
+                   help="run both arms at once, each on its own half of the cores")
+    p.add_argument("--arm", type=int, help=argparse.SUPPRESS)  # internal: run one arm only
     args = p.parse_args()
-    results = [run_arm(s, pr, args) for s, pr in ARMS]
+    if args.arm is not None:
+        arm_file(args, args.arm).parent.mkdir(parents=True, exist_ok=True)
+        result = run_arm(*ARMS[args.arm], args)
+        arm_file(args, args.arm).write_text(json.dumps(result))
+        return
+    results = (run_arms_in_parallel(args) if args.parallel
+               else [run_arm(s, pr, args) for s, pr in ARMS])
     target = results[0]["best_val_accuracy"]
     for r in results:
         r["seconds_to_reach_random_best"] = (time_to_reach(r["curve"], target)

@@ -106,3 +106,22 @@ def test_checkpoint_round_trip_gives_identical_predictions(tiny_config, small, t
     assert (logits_a.argmax(1) == logits_b.argmax(1)).all()
     assert before.accuracy == after.accuracy
     assert list(tmp_path.glob("run/*.tmp")) == []  # nothing half-written left behind
+
+
+def test_tta_views_are_mirror_invariant(tiny_config, small):
+    from cifartune.data.loader import to_device
+    from cifartune.train import predict_logits
+
+    model = train(tiny_config, small).model
+    x, _ = to_device(small.test.subset(slice(0, 64)), torch.device("cpu"))
+    a = predict_logits(model, x, tta=1, dtype=None)
+    b = predict_logits(model, x.flip(-1), tta=1, dtype=None)
+    assert torch.allclose(a, b, atol=1e-4)  # flip TTA sees both sides either way
+    levels = [predict_logits(model, x, tta=level, dtype=None) for level in (0, 1, 2)]
+    assert not torch.allclose(levels[0], levels[1]) and not torch.allclose(levels[1], levels[2])
+
+
+def test_compile_option_trains(tiny_config, small):
+    cfg = apply(tiny_config, {"compile": True, "precision": "fp32"})
+    result = train(cfg, limit(small, train=300))
+    assert math.isfinite(result.history[-1].train_loss)

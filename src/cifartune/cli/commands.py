@@ -13,6 +13,18 @@ from cifartune.data import Dataset, prepare_data
 from cifartune.errors import CifartuneError
 
 
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", help="named recipe: fast (default) or seed (the original Keras "
+                   "ResNet)")
+    p.add_argument("--config", action="append", default=[], metavar="FILE",
+                   help="TOML config file (repeatable; later files win)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override one config key, e.g. --set epochs=2 --set optim.lr=0.1 "
+                   "(see 'cifartune config --keys')")
+    p.add_argument("--data", metavar="PATH", help="dataset folder or archive (default: "
+                   "$CIFARTUNE_DATA, else download to the per-user cache)")
+
+
 def resolve_args(args: argparse.Namespace) -> Config:
     config = resolve_config(args.preset, args.config, args.overrides)
     if getattr(args, "data", None):
@@ -76,7 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from cifartune.train._device import resolve_device
+    from cifartune.train import resolve_device
     from cifartune.train.checkpoint import load_checkpoint
     from cifartune.train.run import evaluate_model, write_metrics
 

@@ -20,20 +20,9 @@ data: --data PATH or $CIFARTUNE_DATA; without either, CIFAR-10 is downloaded to 
 """
 
 
-def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", help="named recipe: fast (default) or seed (the original Keras "
-                   "ResNet)")
-    p.add_argument("--config", action="append", default=[], metavar="FILE",
-                   help="TOML config file (repeatable; later files win)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                   help="override one config key, e.g. --set epochs=2 --set optim.lr=0.1 "
-                   "(see 'cifartune config --keys')")
-    p.add_argument("--data", metavar="PATH", help="dataset folder or archive (default: "
-                   "$CIFARTUNE_DATA, else download to the per-user cache)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     from cifartune.cli import commands as c
+    from cifartune.cli.commands import add_config_args
 
     parser = argparse.ArgumentParser(
         prog="cifartune", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
@@ -45,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model and report its test accuracy",
                        description="Train with a preset/config/overrides; writes OUT/config.toml, "
                        "OUT/model.safetensors, OUT/metrics.json and OUT/confusion.csv.")
-    _config_args(p)
+    add_config_args(p)
     p.add_argument("--out", metavar="DIR", help="run folder (default: runs/train-<time>)")
     p.set_defaults(func=c.cmd_train)
 
@@ -82,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="print a resolved config, or list every key",
                        description="Print the config that train would use, as TOML.")
-    _config_args(p)
+    add_config_args(p)
     p.add_argument("--keys", action="store_true", help="list every key with its default and "
                    "meaning")
     p.set_defaults(func=c.cmd_config)

@@ -8,7 +8,13 @@ import time
 from pathlib import Path
 
 from cifartune.cli import _progress as ui
-from cifartune.cli.commands import default_out, load_data, print_evaluation, resolve_args
+from cifartune.cli.commands import (
+    add_config_args,
+    default_out,
+    load_data,
+    print_evaluation,
+    resolve_args,
+)
 from cifartune.config import apply
 from cifartune.errors import CifartuneError
 
@@ -16,7 +22,6 @@ DEFAULT_VAL_SIZE = 5000  # training images held out to score trials (never the t
 
 
 def add_search_parser(sub) -> None:
-    from cifartune.cli.main import _config_args
     from cifartune.search import PRUNERS, SAMPLERS
 
     p = sub.add_parser(
@@ -32,7 +37,7 @@ def add_search_parser(sub) -> None:
         "  # many machines, one study (run the same line on each):\n"
         "  cifartune search --space fast --storage postgresql://user@db-host/optuna "
         "--study fast1 --n-trials 200\n")
-    _config_args(p)
+    add_config_args(p)
     p.add_argument("--space", default="fast", help="built-in space name (see 'cifartune "
                    "spaces') or a TOML file (default: fast)")
     p.add_argument("--sampler", default="tpe", choices=sorted(SAMPLERS),
@@ -203,7 +208,7 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
     from cifartune.search import ensemble, load_run_study, load_search
-    from cifartune.train._device import resolve_device
+    from cifartune.train import resolve_device
 
     if args.top < 1:
         raise CifartuneError("--top must be at least 1")

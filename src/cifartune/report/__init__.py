@@ -55,7 +55,7 @@ def best_model(defn: SearchDefinition, data: ReportData,
     """Evaluate the best model on the test set (logits cached per checkpoint version)."""
     from cifartune.config import apply
     from cifartune.data import prepare_data
-    from cifartune.train._device import resolve_device
+    from cifartune.train import resolve_device
     from cifartune.train.checkpoint import atomic_write, load_checkpoint
     from cifartune.train.evaluate import summarize
     from cifartune.train.run import evaluate_model

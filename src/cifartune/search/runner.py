@@ -69,8 +69,9 @@ class _Workers:
     def _env(self, index: int) -> dict:
         env = dict(os.environ)
         n = self.settings.workers
-        # Split the CPU cores between workers; with GPUs, one GPU per worker.
-        env["CIFARTUNE_THREADS"] = str(max(1, (os.cpu_count() or 1) // n))
+        # Split the CPU cores this process may use (taskset/affinity respected) between
+        # workers; with GPUs, one GPU per worker.
+        env["CIFARTUNE_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // n))
         gpus = _gpu_count()
         if gpus and "CUDA_VISIBLE_DEVICES" not in os.environ:
             env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import optuna
 
-from cifartune.config import Config, flatten, read_toml, resolve_config
+from cifartune.config import Config, flatten, resolve_config
 from cifartune.errors import CifartuneError, ConfigError
 from cifartune.search.samplers import make_pruner, make_sampler
 from cifartune.search.space import SearchSpace, parse_space
@@ -136,7 +136,3 @@ def load_run_study(defn: SearchDefinition) -> optuna.Study:
     except KeyError:
         raise CifartuneError(f"study '{defn.settings.study}' is not in its storage yet; has "
                              "the search started?") from None
-
-
-def read_settings_file(path: Path) -> dict:
-    return flatten(read_toml(path))
