@@ -54,6 +54,7 @@ def main() -> None:
     print(f"{sum(loaded)}/{len(loaded)} images loaded; console errors: {errors or 'none'}; "
           f"wrote {args.out}")
     if args.thumbnail:
+        args.thumbnail.parent.mkdir(parents=True, exist_ok=True)
         with Image.open(args.out) as im:
             top = im.crop((0, 0, im.width, min(im.height, int(im.width * 1.25))))
             top.thumbnail((760, 950))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,12 @@ from cifartune.config import Config, resolve_config
 from cifartune.data import Dataset, limit, load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def restore_sigint() -> None:
+    """Popen preexec_fn for tests that send Ctrl-C: a background shell (as in CI jobs
+    started with `&`) ignores SIGINT, and Python children would inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def data_root() -> Path:

@@ -14,6 +14,8 @@ from PIL import Image
 
 from cifartune.cli.main import main
 
+from .conftest import restore_sigint
+
 SLICE = ["--set", "epochs=1", "--set", "batch_size=100", "--set", "widths=[16,32,32]",
          "--set", "train_limit=1000", "--set", "test_limit=500"]
 
@@ -116,7 +118,7 @@ def test_interrupted_training_leaves_no_half_written_checkpoint(cifar_root, tmp_
                              str(cifar_root), "--set", "epochs=50", "--set", "train_limit=2000",
                              "--set", "batch_size=100", "--set", "widths=[16,32,32]",
                              "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=restore_sigint)
     deadline = time.time() + 120
     while not (out / "config.toml").exists() and time.time() < deadline:
         time.sleep(0.2)

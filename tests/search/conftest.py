@@ -12,6 +12,8 @@ import pytest
 
 from cifartune.search.study import journal_storage
 
+from ..conftest import restore_sigint
+
 # Trials of ~1-2 s: a 16/32/32-channel net on 1,000 training images for 3 epochs.
 TINY_FIXED = """
 [fixed]
@@ -52,7 +54,7 @@ def search(run: Path, space: Path, data: Path, *args: str, timeout: float = 300,
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if not wait:
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=env, start_new_session=True)
+                                env=env, start_new_session=True, preexec_fn=restore_sigint)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 

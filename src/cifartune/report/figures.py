@@ -102,7 +102,10 @@ def _slice(ax, s: SliceData) -> None:
     else:
         ax.scatter(s.x, s.y, s=14, alpha=0.7)
         if s.log:
+            from matplotlib.ticker import NullFormatter
+
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap the major ones
     ax.set(title=s.param, xlabel=f"{s.param}{' (log scale)' if s.log else ''}",
            ylabel="validation accuracy")
     _pct_axis(ax)
@@ -113,7 +116,8 @@ def parallel(d: ReportData):
     plt = _plt()
     done = [t for t in d.trials if t.value is not None]
     params = [p for p in d.parallel_params if any(p in t.params for t in done)]
-    fig, ax = plt.subplots(figsize=(max(7, 1.5 * (len(params) + 1)), 4.2))
+    # Capped width: the page scales wider figures down until their text is unreadable.
+    fig, ax = plt.subplots(figsize=(min(12, max(7, 1.0 * (len(params) + 1))), 5.2))
     if not done or not params:
         return fig
     by = {s.param: s for s in d.slices}
@@ -142,12 +146,12 @@ def parallel(d: ReportData):
         ax.plot(range(len(ys)), ys, color=cmap((acc[i] - lo) / (hi - lo) if hi > lo else 1.0),
                 alpha=0.8, lw=1.2)
     names = [v[0] for v in axes_vals] + ["val accuracy"]
-    ax.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
-    for i, (_, _, (a, b)) in enumerate(axes_vals):
-        ax.text(i, -0.08, a, ha="center", va="top", fontsize=7, color="#555")
-        ax.text(i, 1.04, b, ha="center", va="bottom", fontsize=7, color="#555")
-    ax.text(len(axes_vals), -0.08, f"{lo:.1%}", ha="center", va="top", fontsize=7)
-    ax.text(len(axes_vals), 1.04, f"{hi:.1%}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=9)
+    for i, (_, _, (a, b)) in enumerate(axes_vals):  # each axis's range, low below, high above
+        ax.text(i, -0.05, a, ha="center", va="top", fontsize=8, color="#555")
+        ax.text(i, 1.04, b, ha="center", va="bottom", fontsize=8, color="#555")
+    ax.text(len(axes_vals), -0.05, f"{lo:.1%}", ha="center", va="top", fontsize=8)
+    ax.text(len(axes_vals), 1.04, f"{hi:.1%}", ha="center", va="bottom", fontsize=8)
     ax.set_yticks([])
     ax.set_ylim(-0.2, 1.15)
     ax.set_title("Parallel coordinates of completed trials (colour = validation accuracy)")
@@ -214,7 +218,7 @@ def confusion(b: BestModelData):
                 ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center", fontsize=7,
                         color="white" if frac[i, j] > 0.5 else "black")
     ax.grid(False)
-    ax.set(title="Confusion matrix on the test set (counts; colour = share of the true class)",
+    ax.set(title="Confusion matrix on the test set\n(counts; colour = share of the true class)",
            xlabel="predicted class", ylabel="true class")
     fig.colorbar(im, ax=ax, label="share of true class")
     return fig

@@ -21,6 +21,8 @@ th { background: #f4f4f4; } td.l, th.l { text-align: left; }
 img { max-width: 100%; display: block; margin: .8em 0; }
 .note { color: #666; font-size: 12px; } .big { font-size: 1.25em; }
 .counts span { margin-right: 1.5em; }
+.scroll { overflow-x: auto; }  /* wide parameter tables scroll instead of widening the page */
+td.list { white-space: nowrap; }
 """
 
 
@@ -41,13 +43,18 @@ def _img(path: Path, alt: str) -> str:
 
 def _trial_table(rows: list[TrialRow], params: list[str]) -> str:
     head = "".join(f"<th>{_e(p)}</th>" for p in params)
-    out = [f"<table><tr><th>rank</th><th>trial</th><th>val accuracy</th>{head}<th>epochs</th>"
-           "<th>time (s)</th></tr>"]
+    # "epochs run" rather than "epochs": spaces may search a parameter named epochs.
+    out = ['<div class="scroll"><table><tr><th>rank</th><th>trial</th><th>val accuracy</th>'
+           f"{head}<th>epochs run</th><th>time (s)</th></tr>"]
     for i, r in enumerate(rows, 1):
-        cells = "".join(f"<td>{_fmt(r.params.get(p, '-'))}</td>" for p in params)
+        cells = "".join(_param_cell(r.params.get(p, "-")) for p in params)
         out.append(f"<tr><td>{i}</td><td>{r.number}</td><td>{r.value:.2%}</td>{cells}"
                    f"<td>{r.epochs:g}</td><td>{r.seconds:.0f}</td></tr>")
-    return "".join(out) + "</table>"
+    return "".join(out) + "</table></div>"
+
+
+def _param_cell(v) -> str:
+    return f'<td class="list">{_fmt(v)}</td>' if isinstance(v, list) else f"<td>{_fmt(v)}</td>"
 
 
 def _report_table(b: BestModelData) -> str:
@@ -119,7 +126,7 @@ def render(d: ReportData, best: BestModelData | None, figs: dict[str, Path],
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>cifartune report: {_e(d.run_dir.name)}</title><style>{CSS}</style></head>"
             f"<body><h1>Search report: {_e(d.run_dir.name)}</h1>"
-            f"<p class='note'>space <b>{_e(d.space)}</b>; {len(d.trials)} trials; generated "
+            f"<p class='note'>run folder <b>{_e(d.run_dir)}</b>; {len(d.trials)} trials; generated "
             f"{stamp} by cifartune. Validation accuracy is measured on images held out from "
             f"the training set; the test set is only used for the final model.</p>"
             + "".join(f"<p class='note'>{_e(e)}</p>" for e in errors)

@@ -146,6 +146,9 @@ def _die_with_parent() -> None:
     """Linux: get SIGTERM when the controlling `cifartune search` dies (even by SIGKILL), and
     treat SIGTERM like Ctrl-C, so no orphan worker keeps running a stale search."""
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # The runner stops workers with SIGINT; a search started in the background by a
+    # non-interactive shell would otherwise hand its workers an ignored SIGINT.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         import ctypes
 
