@@ -9,20 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from ..search.conftest import TINY_FIXED, search
+from ..search.conftest import TINY_SPACE, search
 
-REPORT_SPACE = """
-description = "tiny report test space"
-[params.lr]
-key = "optim.lr"
-type = "float"
-low = 0.0005
-high = 0.6
-log = true
-[params.label_smoothing]
-type = "float"
-low = 0.0
-high = 0.3
+# The tiny search space with a wider lr range (so ASHA prunes), plus a categorical choice and
+# an L2 choice that diverges (so some trials fail).
+REPORT_SPACE = (TINY_SPACE.replace("low = 0.02", "low = 0.0005")
+                .replace("test_limit = 300", "test_limit = 500").replace("tta = 0", "tta = 1")
+                + """
 [params.cutout]
 key = "augment.cutout"
 type = "categorical"
@@ -31,7 +24,7 @@ choices = [0, 8]
 key = "optim.l2"
 type = "categorical"
 choices = [0.0, 1e38]  # 1e38 * sum(w^2) overflows: the loss is inf at once
-""" + TINY_FIXED.replace("test_limit = 300", "test_limit = 500").replace("tta = 0", "tta = 1")
+""")
 
 
 @pytest.fixture(scope="session")

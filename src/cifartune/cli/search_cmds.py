@@ -109,12 +109,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_out("search")
     settings = _settings(args, out)
     make_sampler(settings.sampler, settings.seed)  # fail fast on a missing optional package
-    trial_data = space.trial_config(base, {}).data
-    if trial_data.val_size == 0:
+    trial_config = space.trial_config(base, {})
+    if trial_config.data.val_size == 0:
         raise CifartuneError("the space's [fixed] sets data.val_size = 0: trials need held-out "
                              "training images to be scored on; set it above 0")
     # Bad data fails here, once, and a download happens once, not in every worker.
-    load_data(space.trial_config(base, {}))
+    load_data(trial_config)
     if not settings.has_limit():
         ui.err.print("no --n-trials, --timeout or --epoch-budget: searching until Ctrl-C")
     ui.err.print(f"search: space {space.name} ({len(space.params)} parameters), sampler "

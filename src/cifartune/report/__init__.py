@@ -106,12 +106,11 @@ def build_report(run_dir: str | Path, with_model: bool = True) -> ReportResult:
 
 def terminal_summary(defn: SearchDefinition, trials) -> list[str]:
     """Top-5 trials and the 3 most important parameters, as lines for the terminal."""
-    from cifartune.report.data import importances, trial_rows
+    from cifartune.report.data import importances, ranked, trial_rows
 
     rows = trial_rows(defn, trials)
-    top = sorted((r for r in rows if r.value is not None), key=lambda r: -r.value)[:5]
     lines = ["top trials (validation accuracy):"]
-    for r in top:
+    for r in ranked(rows, 5):
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                            for k, v in r.params.items())
         lines.append(f"  #{r.number:<4d} {r.value:.2%}  {params}")

@@ -55,7 +55,6 @@ class ContourData:
 @dataclass
 class ReportData:
     run_dir: Path
-    space: str
     trials: list[TrialRow]
     counts: dict[str, int]
     best_history: list[tuple[int, float, float]]  # (trial number, seconds, best so far)
@@ -86,6 +85,11 @@ def trial_rows(defn: SearchDefinition, trials: list[FrozenTrial]) -> list[TrialR
             reason=str(t.user_attrs.get(ATTR_REASON, "")), curve=curve, started=start,
             finished=end))
     return rows
+
+
+def ranked(rows: list[TrialRow], n: int) -> list[TrialRow]:
+    """The n completed trials with the highest validation accuracy, best first."""
+    return sorted((r for r in rows if r.value is not None), key=lambda r: -r.value)[:n]
 
 
 def best_history(rows: list[TrialRow]) -> list[tuple[int, float, float]]:
@@ -162,10 +166,9 @@ def compute(defn: SearchDefinition, trials: list[FrozenTrial]) -> ReportData:
     for r in rows:
         counts[r.state] = counts.get(r.state, 0) + 1
     imp, note = importances(defn, trials, rows)
-    top = sorted((r for r in rows if r.value is not None), key=lambda r: -r.value)[:TOP_N]
     return ReportData(
-        run_dir=defn.run_dir, space=defn.space.name, trials=rows, counts=counts,
-        best_history=best_history(rows), top=top, importances=imp, importance_note=note,
+        run_dir=defn.run_dir, trials=rows, counts=counts, best_history=best_history(rows),
+        top=ranked(rows, TOP_N), importances=imp, importance_note=note,
         slices=slices(defn, rows), parallel_params=[p.name for p in defn.space.params],
         contour=contour(defn, rows, imp))
 
