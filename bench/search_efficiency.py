@@ -1,12 +1,17 @@
 """Search efficiency: random search without pruning against TPE + ASHA, same wall clock.
 
     python bench/search_efficiency.py [--minutes 45] [--space fast] [--out bench/runs/eff]
-                                      [--parallel]
+                                      [--parallel] [--set KEY=VALUE ...]
 
 Each arm runs `run_search` (the same code as `cifartune search`) with the same time budget,
 one after the other on this machine, or with --parallel both at once, each pinned to its own
 half of the CPU cores (equal hardware, half the wall clock). Only trials finished inside an
 arm's budget count.
+Both arms hold the same keys fixed (--set, as for `cifartune search`); by default every trial
+trains 4 epochs on 10,000 images, so that a 45-minute arm on one core holds about 20
+unpruned trials: a sampler that models the space needs trials to learn from, and a pruner
+compares trials fairly only at equal length (a searched epoch count lets short runs look
+good early).
 For each arm it reports the best validation accuracy, trials completed / pruned / failed,
 epochs spent, and the time each arm needed to reach random search's final best.
 Goal: TPE + ASHA gets there in at most half the budget and ends higher.
@@ -24,10 +29,11 @@ from pathlib import Path
 
 from optuna.trial import FrozenTrial, TrialState
 
-from cifartune.config import apply, resolve_config
+from cifartune.config import apply, parse_override, resolve_config
 from cifartune.search import SearchSettings, load_space, run_search
 
 ARMS = (("random", "none"), ("tpe", "asha"))
+FIDELITY = ["epochs=4", "train_limit=15000"]  # 10,000 training images + 5,000 held out
 
 
 def finished_by(trials: list[FrozenTrial], start: float, budget: float) -> list[FrozenTrial]:
@@ -53,9 +59,10 @@ def time_to_reach(curve: list[tuple[float, float]], target: float) -> float | No
 
 def run_arm(sampler: str, pruner: str, args: argparse.Namespace) -> dict:
     out = Path(args.out) / f"{sampler}-{pruner}"
-    space = load_space(args.space)
+    fixed = dict(parse_override(o) for o in args.set or FIDELITY)
+    space = load_space(args.space).fix(fixed)
     base = resolve_config(overrides=[f"data.path={args.data!r}"] if args.data else [])
-    base = apply(base, {"data.val_size": 5000})
+    base = apply(base, {"data.val_size": 5000, **fixed})
     settings = SearchSettings(study=out.name, sampler=sampler, pruner=pruner, seed=args.seed,
                               timeout=args.minutes * 60)
     start = time.time()
@@ -112,6 +119,8 @@ def main() -> None:
     p.add_argument("--out", default="bench/runs/search_efficiency")
     p.add_argument("--parallel", action="store_true",
                    help="run both arms at once, each on its own half of the cores")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help=f"hold a config key fixed in both arms (default: {' '.join(FIDELITY)})")
     p.add_argument("--arm", type=int, help=argparse.SUPPRESS)  # internal: run one arm only
     args = p.parse_args()
     if args.arm is not None:
@@ -125,7 +134,8 @@ def main() -> None:
     for r in results:
         r["seconds_to_reach_random_best"] = (time_to_reach(r["curve"], target)
                                              if target is not None else None)
-    print(f"\nspace {args.space}, {args.minutes:g} min per arm, target = random search's final "
+    print(f"\nspace {args.space} with {' '.join(args.set or FIDELITY)}, {args.minutes:g} min "
+          f"per arm, target = random search's final "
           f"best ({target:.4f})" if target else "\nrandom search completed no trial")
     print(f"{'arm':12s} {'best val':>9s} {'complete':>9s} {'pruned':>7s} {'failed':>7s} "
           f"{'epochs':>7s} {'time to random best':>20s}")

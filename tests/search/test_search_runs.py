@@ -35,6 +35,22 @@ def test_seeded_random_search_is_reproducible(tmp_path, tiny_space, cifar_root):
     assert "top trials" in r.stdout
 
 
+def test_set_holds_a_searched_parameter_fixed(tmp_path, tiny_space, cifar_root):
+    run = tmp_path / "run"
+    r = search(run, tiny_space, cifar_root, "--set", "lr=0.1", "--set", "epochs=2",
+               "--sampler", "random", "--pruner", "none", "--n-trials", "2")
+    assert r.returncode == 0, r.stderr
+    trials = load(run).get_trials()
+    assert len(trials) == 2 and all(set(t.params) == {"label_smoothing"} for t in trials)
+    assert all(t.user_attrs["epochs_done"] == 2 for t in trials)  # --set beat the space's 3
+    config = resolve_config(files=[run / "trials" / "0000" / "config.toml"])
+    assert config.optim.lr == 0.1
+    r = search(tmp_path / "none", tiny_space, cifar_root, "--set", "lr=0.1",
+               "--set", "label_smoothing=0", "--n-trials", "1")
+    assert r.returncode == 2 and "nothing is left to search" in r.stderr
+    assert r.stderr.strip().count("\n") == 0
+
+
 def test_pruning_really_stops_trials_early(tmp_path, tiny_space, cifar_root):
     space = tmp_path / "wide.toml"
     space.write_text(tiny_space.read_text().replace("low = 0.02", "low = 0.0005")

@@ -41,9 +41,9 @@ def test_sampled_configs_are_valid(name):
         study.tell(trial, 0.5)
 
 
-def test_conditional_parameter_only_when_its_condition_holds():
-    space = parse_space("""
+COND_SPACE = """
 [params.optimizer]
+key = "optim.optimizer"
 type = "categorical"
 choices = ["sgd", "adam"]
 [params.momentum]
@@ -51,7 +51,17 @@ type = "float"
 low = 0.5
 high = 0.99
 when = { optimizer = ["sgd"] }
-""", "t")
+[params.lr]
+type = "float"
+low = 0.01
+high = 1.0
+[fixed]
+epochs = 3
+"""
+
+
+def test_conditional_parameter_only_when_its_condition_holds():
+    space = parse_space(COND_SPACE, "t")
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     seen = set()
     for _ in range(30):
@@ -100,3 +110,22 @@ def test_malformed_spaces_give_one_line_errors(text, fragment):
 def test_missing_space_file():
     with pytest.raises(SpaceError, match="neither a built-in space"):
         load_space("/no/such/space.toml")
+
+
+
+def test_fix_holds_searched_and_fixed_keys():
+    space = parse_space(COND_SPACE, "t")
+    fixed = space.fix({"lr": 0.1, "epochs": 5})
+    assert [p.name for p in fixed.params] == ["optimizer", "momentum"]
+    config = fixed.trial_config(Config(), {"optimizer": "sgd", "momentum": 0.9})
+    assert (config.optim.lr, config.train.epochs, config.optim.momentum) == (0.1, 5, 0.9)
+    # the fixed space survives the round trip through its TOML (workers and resume read it)
+    assert parse_space(fixed.to_toml(), "t").params == fixed.params
+
+
+@pytest.mark.parametrize("optimizer, left", [("sgd", ["momentum", "lr"]), ("adam", ["lr"])])
+def test_fixing_a_condition_keeps_or_drops_its_dependents(optimizer, left):
+    fixed = parse_space(COND_SPACE, "t").fix({"optim.optimizer": optimizer})
+    assert [p.name for p in fixed.params] == left
+    assert all(not p.when for p in fixed.params)
+    assert fixed.trial_config(Config(), {}).optim.optimizer == optimizer

@@ -15,7 +15,7 @@ from cifartune.cli.commands import (
     print_evaluation,
     resolve_args,
 )
-from cifartune.config import apply
+from cifartune.config import apply, parse_override
 from cifartune.errors import CifartuneError
 
 DEFAULT_VAL_SIZE = 5000  # training images held out to score trials (never the test set)
@@ -29,7 +29,10 @@ def add_search_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Search hyperparameters with Optuna, scoring each trial by its accuracy "
         "on a validation split held out from the training set (default 5000 images). The study "
-        "lives in RUN/study.journal (or --storage URL); rerunning the same command resumes it.",
+        "lives in RUN/study.journal (or --storage URL); rerunning the same command resumes it. "
+        "--set holds a config key fixed for every trial, even one the space searches (e.g. "
+        "--set epochs=4 compares trials at equal length, which a pruner needs to judge them "
+        "fairly).",
         epilog="examples:\n"
         "  cifartune search --space fast --timeout 3600 --final\n"
         "  cifartune search --space seed --set epochs=2 --n-trials 3\n"
@@ -102,8 +105,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     from cifartune.search import load_space, run_search
     from cifartune.search.samplers import make_sampler
 
-    space = load_space(args.space)
     base = resolve_args(args)
+    # --set wins over the space: a searched parameter it names is held fixed, not searched.
+    space = load_space(args.space).fix(dict(parse_override(o) for o in args.overrides))
+    if not space.params:
+        raise CifartuneError(f"--set fixes every parameter of space '{space.name}': nothing is "
+                             "left to search; use 'cifartune train' for one configuration")
     if base.data.val_size == 0:
         base = apply(base, {"data.val_size": DEFAULT_VAL_SIZE})
     out = Path(args.out) if args.out else default_out("search")

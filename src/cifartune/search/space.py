@@ -20,7 +20,7 @@ parameters, each bound to a config key, plus fixed config values for every trial
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -109,6 +109,24 @@ class SearchSpace:
 
     def trial_config(self, base: Config, values: dict[str, Any]) -> Config:
         return apply(base, self.overrides(values))
+
+    def fix(self, values: dict[str, Any]) -> SearchSpace:
+        """This space with the given config keys held at these values (`--set`): a searched
+        parameter bound to one of them is no longer searched, a [fixed] value is replaced.
+        A parameter conditioned on a fixed one stays only if the fixed value meets its `when`."""
+        values = {full_key(k): v for k, v in values.items()}
+        fixed = {full_key(k): v for k, v in self.fixed.items()} | values
+        gone = {p.name: values[p.key] for p in self.params if p.key in values}
+        kept: list[Param] = []
+        for p in self.params:
+            if p.name in gone:
+                continue
+            if any(k in gone and gone[k] not in allowed for k, allowed in p.when.items()):
+                gone[p.name] = _MISSING  # its condition can no longer hold: never sampled
+                continue
+            when = {k: v for k, v in p.when.items() if k not in gone}
+            kept.append(replace(p, when=when))
+        return SearchSpace(self.name, kept, fixed, self.description)
 
     def to_toml(self) -> str:
         lines = [f"description = {toml_value(self.description)}", ""]
