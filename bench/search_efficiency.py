@@ -59,7 +59,7 @@ def time_to_reach(curve: list[tuple[float, float]], target: float) -> float | No
 
 def run_arm(sampler: str, pruner: str, args: argparse.Namespace) -> dict:
     out = Path(args.out) / f"{sampler}-{pruner}"
-    fixed = dict(parse_override(o) for o in args.set or FIDELITY)
+    fixed = dict(parse_override(o) for o in FIDELITY + (args.set or []))
     space = load_space(args.space).fix(fixed)
     base = resolve_config(overrides=[f"data.path={args.data!r}"] if args.data else [])
     base = apply(base, {"data.val_size": 5000, **fixed})
@@ -120,7 +120,7 @@ def main() -> None:
     p.add_argument("--parallel", action="store_true",
                    help="run both arms at once, each on its own half of the cores")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help=f"hold a config key fixed in both arms (default: {' '.join(FIDELITY)})")
+                   help=f"hold a config key fixed in both arms, after {' '.join(FIDELITY)}")
     p.add_argument("--arm", type=int, help=argparse.SUPPRESS)  # internal: run one arm only
     args = p.parse_args()
     if args.arm is not None:
@@ -134,9 +134,9 @@ def main() -> None:
     for r in results:
         r["seconds_to_reach_random_best"] = (time_to_reach(r["curve"], target)
                                              if target is not None else None)
-    print(f"\nspace {args.space} with {' '.join(args.set or FIDELITY)}, {args.minutes:g} min "
-          f"per arm, target = random search's final "
-          f"best ({target:.4f})" if target else "\nrandom search completed no trial")
+    fixed = " ".join(FIDELITY + (args.set or []))
+    print(f"\nspace {args.space} with {fixed}, {args.minutes:g} min per arm, target = random "
+          f"search's final best ({target:.4f})" if target else "\nrandom search completed no trial")
     print(f"{'arm':12s} {'best val':>9s} {'complete':>9s} {'pruned':>7s} {'failed':>7s} "
           f"{'epochs':>7s} {'time to random best':>20s}")
     for r in results:

@@ -181,6 +181,11 @@ def _field_type(key: str) -> Any:
     return typing.get_type_hints(cls)[parts[-1]]
 
 
+def coerce(key: str, value: Any) -> Any:
+    """`value` checked and converted for config key `key` (short or full), e.g. 4 -> 4.0."""
+    return _coerce(full_key(key), value)
+
+
 def _coerce(key: str, value: Any) -> Any:
     """Check `value` against the field's type and bounds; return it in the field's type."""
     typ, meta = _field_type(key), LEAVES[key].metadata

@@ -4,6 +4,7 @@ import pytest
 from cifartune.config import Config
 from cifartune.search import SpaceError, builtin_spaces, load_space
 from cifartune.search.space import parse_space
+from cifartune.search.study import max_epochs
 
 
 def test_builtin_spaces_load():
@@ -115,12 +116,25 @@ def test_missing_space_file():
 
 def test_fix_holds_searched_and_fixed_keys():
     space = parse_space(COND_SPACE, "t")
-    fixed = space.fix({"lr": 0.1, "epochs": 5})
+    fixed = space.fix({"lr": 0.1, "epochs": 5, "widths": [16, 32, 32]})
     assert [p.name for p in fixed.params] == ["optimizer", "momentum"]
     config = fixed.trial_config(Config(), {"optimizer": "sgd", "momentum": 0.9})
     assert (config.optim.lr, config.train.epochs, config.optim.momentum) == (0.1, 5, 0.9)
+    # keys the space does not touch stay with the base config (--set already put them there)
+    assert "model.fast.widths" not in fixed.fixed
     # the fixed space survives the round trip through its TOML (workers and resume read it)
-    assert parse_space(fixed.to_toml(), "t").params == fixed.params
+    again = parse_space(fixed.to_toml(), "t")
+    assert (again.params, again.fixed) == (fixed.params, fixed.fixed)
+    assert max_epochs(fixed, Config()) == 5
+
+
+def test_fix_is_the_same_whatever_the_order_or_spelling():
+    """Rerunning a search resumes it only if its space.toml is unchanged."""
+    space = parse_space(COND_SPACE, "t")
+    a = space.fix({"epochs": 4, "optim.lr": 0.1})
+    b = space.fix({"lr": 0.1, "train.epochs": 4.0})
+    assert a.to_toml() == b.to_toml()
+    assert space.fix({}).to_toml() == space.to_toml()
 
 
 @pytest.mark.parametrize("optimizer, left", [("sgd", ["momentum", "lr"]), ("adam", ["lr"])])
@@ -129,3 +143,20 @@ def test_fixing_a_condition_keeps_or_drops_its_dependents(optimizer, left):
     assert [p.name for p in fixed.params] == left
     assert all(not p.when for p in fixed.params)
     assert fixed.trial_config(Config(), {}).optim.optimizer == optimizer
+
+
+def test_fixing_a_conditional_parameter_passes_its_condition_on():
+    space = parse_space(COND_SPACE + """
+[params.nesterov]
+type = "categorical"
+choices = [true, false]
+when = { momentum = [0.9] }
+[params.beta2]
+type = "float"
+low = 0.9
+high = 0.999
+when = { momentum = [0.5] }
+""", "t")
+    fixed = space.fix({"momentum": 0.9})
+    assert {p.name: p.when for p in fixed.params} == {
+        "optimizer": {}, "lr": {}, "nesterov": {"optimizer": ("sgd",)}}

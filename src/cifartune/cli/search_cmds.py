@@ -118,8 +118,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     make_sampler(settings.sampler, settings.seed)  # fail fast on a missing optional package
     trial_config = space.trial_config(base, {})
     if trial_config.data.val_size == 0:
-        raise CifartuneError("the space's [fixed] sets data.val_size = 0: trials need held-out "
-                             "training images to be scored on; set it above 0")
+        raise CifartuneError("--set or the space's [fixed] sets data.val_size = 0: trials need "
+                             "held-out training images to be scored on; set it above 0")
     # Bad data fails here, once, and a download happens once, not in every worker.
     load_data(trial_config)
     if not settings.has_limit():

@@ -25,7 +25,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from cifartune.config import Config, apply, flatten, full_key, toml_value
+from cifartune.config import Config, apply, coerce, flatten, full_key, toml_value
 from cifartune.errors import CifartuneError, ConfigError
 
 KINDS = ("float", "int", "categorical")
@@ -111,21 +111,27 @@ class SearchSpace:
         return apply(base, self.overrides(values))
 
     def fix(self, values: dict[str, Any]) -> SearchSpace:
-        """This space with the given config keys held at these values (`--set`): a searched
-        parameter bound to one of them is no longer searched, a [fixed] value is replaced.
-        A parameter conditioned on a fixed one stays only if the fixed value meets its `when`."""
-        values = {full_key(k): v for k, v in values.items()}
-        fixed = {full_key(k): v for k, v in self.fixed.items()} | values
-        gone = {p.name: values[p.key] for p in self.params if p.key in values}
+        """This space with config keys held at the given values (`--set`): a searched
+        parameter bound to one of them is no longer searched, a [fixed] value is replaced;
+        other keys are left to the base config. A parameter conditioned on a fixed one stays
+        only if the fixed value meets its `when`, and inherits the fixed one's own `when`."""
+        values = {full_key(k): coerce(k, v) for k, v in values.items()}
+        fixed = {k: values.get(full_key(k), v) for k, v in self.fixed.items()}
+        gone: dict[str, Any] = {}  # parameter name -> its fixed value (_MISSING: dropped)
+        inherited: dict[str, dict[str, tuple]] = {}  # fixed parameter -> its own `when`
         kept: list[Param] = []
         for p in self.params:
-            if p.name in gone:
-                continue
             if any(k in gone and gone[k] not in allowed for k, allowed in p.when.items()):
                 gone[p.name] = _MISSING  # its condition can no longer hold: never sampled
                 continue
             when = {k: v for k, v in p.when.items() if k not in gone}
-            kept.append(replace(p, when=when))
+            for k in p.when:
+                when.update(inherited.get(k, {}))
+            if p.key in values:
+                gone[p.name], inherited[p.name] = values[p.key], when
+                fixed[p.key] = values[p.key]
+            else:
+                kept.append(replace(p, when=when))
         return SearchSpace(self.name, kept, fixed, self.description)
 
     def to_toml(self) -> str:

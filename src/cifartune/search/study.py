@@ -80,11 +80,10 @@ def open_study(run_dir: Path, settings: SearchSettings, max_epochs: int,
 
 def max_epochs(space: SearchSpace, base: Config) -> int:
     """The most epochs any trial can train (for Hyperband's top rung)."""
-    epochs = [base.train.epochs]
+    epochs = [space.trial_config(base, {}).train.epochs]  # base <- the space's [fixed]
     for p in space.params:
         if p.key == "train.epochs":
             epochs.append(p.high if p.kind != "categorical" else max(p.choices))
-    epochs.append(space.fixed.get("epochs", space.fixed.get("train.epochs", 0)))
     return int(max(epochs) + 0.999)
 
 
