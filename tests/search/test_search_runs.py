@@ -16,6 +16,8 @@ from optuna.trial import TrialState
 
 from cifartune.cli.main import main
 from cifartune.config import resolve_config
+from cifartune.search.space import PRUNE_SIGNALS
+from cifartune.search.trial import val_curve
 
 from .conftest import TINY_FIXED, load, search, states
 
@@ -51,10 +53,11 @@ def test_set_holds_a_searched_parameter_fixed(tmp_path, tiny_space, cifar_root):
     assert r.stderr.strip().count("\n") == 0
 
 
-def test_pruning_really_stops_trials_early(tmp_path, tiny_space, cifar_root):
+@pytest.mark.parametrize("signal", PRUNE_SIGNALS)
+def test_pruning_really_stops_trials_early(tmp_path, tiny_space, cifar_root, signal):
     space = tmp_path / "wide.toml"
-    space.write_text(tiny_space.read_text().replace("low = 0.02", "low = 0.0005")
-                     .replace("epochs = 3", "epochs = 4"))
+    space.write_text(f"prune_on = '{signal}'\n" + tiny_space.read_text()
+                     .replace("low = 0.02", "low = 0.0005").replace("epochs = 3", "epochs = 4"))
     r = search(tmp_path / "run", space, cifar_root, "--sampler", "random", "--pruner", "asha",
                "--n-trials", "10", "--seed", "1")
     assert r.returncode == 0, r.stderr
@@ -67,6 +70,9 @@ def test_pruning_really_stops_trials_early(tmp_path, tiny_space, cifar_root):
         curve = json.loads((tmp_path / "run" / "trials" / f"{t.number:04d}" / "curve.json")
                            .read_text())
         assert len(curve) == t.user_attrs["epochs_done"]
+        # the pruner compared the space's signal; the validation curve is kept beside it
+        assert [t.intermediate_values[e["epoch"]] for e in curve] == [e[signal] for e in curve]
+        assert val_curve(t) == [e["val_accuracy"] for e in curve]
     complete = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
     assert all(t.user_attrs["epochs_done"] == 4 for t in complete)
 

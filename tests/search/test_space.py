@@ -101,6 +101,8 @@ def test_list_valued_choices_round_trip():
     ("[params.lr]\ntype = 'float'\nlow = 0.1\nhigh = 0.5\n[fixed]\nepochs = 'x'\n",
      "must be float"),
     ("[params.lr]\ntype = 'float'\nlow = 0.1\nhigh = 0.5\n[extras]\n", "unknown top-level"),
+    ("prune_on = 'loss'\n[params.lr]\ntype = 'float'\nlow = 0.1\nhigh = 0.5\n",
+     "prune_on must be one of"),
 ])
 def test_malformed_spaces_give_one_line_errors(text, fragment):
     with pytest.raises(SpaceError, match=fragment) as e:
@@ -111,7 +113,6 @@ def test_malformed_spaces_give_one_line_errors(text, fragment):
 def test_missing_space_file():
     with pytest.raises(SpaceError, match="neither a built-in space"):
         load_space("/no/such/space.toml")
-
 
 
 def test_fix_holds_searched_and_fixed_keys():

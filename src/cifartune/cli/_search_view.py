@@ -10,7 +10,7 @@ from rich.table import Table
 
 from cifartune.cli import _progress as ui
 from cifartune.search import SearchSpace, Snapshot
-from cifartune.search.trial import ATTR_EPOCHS, ATTR_REASON, ATTR_SECONDS
+from cifartune.search.trial import ATTR_EPOCHS, ATTR_REASON, ATTR_SECONDS, val_curve
 
 MAX_ROWS = 15  # trials shown: the running ones and the most recent
 MAX_PARAMS = 6  # parameter columns
@@ -33,8 +33,9 @@ def trial_time(t: FrozenTrial) -> str:
 def value_of(t: FrozenTrial) -> str:
     if t.state == TrialState.COMPLETE and t.value is not None:
         return ui.pct(t.value)
-    if t.intermediate_values:  # pruned or running: last per-epoch validation accuracy
-        return ui.pct(t.intermediate_values[max(t.intermediate_values)]) + "*"
+    curve = val_curve(t)
+    if curve:  # pruned or running: last per-epoch validation accuracy
+        return ui.pct(curve[-1]) + "*"
     return ""
 
 

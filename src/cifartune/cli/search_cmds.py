@@ -124,8 +124,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     load_data(trial_config)
     if not settings.has_limit():
         ui.err.print("no --n-trials, --timeout or --epoch-budget: searching until Ctrl-C")
+    on = f" (on {space.prune_on})" if settings.pruner != "none" else ""
     ui.err.print(f"search: space {space.name} ({len(space.params)} parameters), sampler "
-                 f"{settings.sampler}, pruner {settings.pruner}, {settings.workers} worker(s); "
+                 f"{settings.sampler}, pruner {settings.pruner}{on}, {settings.workers} worker(s); "
                  f"run folder {out}; study '{settings.study}' in "
                  f"{settings.storage or out / 'study.journal'}")
     for p in space.params:

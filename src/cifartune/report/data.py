@@ -11,7 +11,7 @@ import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
 from cifartune.search.study import SearchDefinition
-from cifartune.search.trial import ATTR_EPOCHS, ATTR_REASON, ATTR_SECONDS
+from cifartune.search.trial import ATTR_EPOCHS, ATTR_REASON, ATTR_SECONDS, val_curve
 
 TOP_N = 10
 MIN_TRIALS_FOR_IMPORTANCE = 3  # fANOVA needs a few completed trials with varied params
@@ -76,7 +76,7 @@ def trial_rows(defn: SearchDefinition, trials: list[FrozenTrial]) -> list[TrialR
         start = t.datetime_start.timestamp() if t.datetime_start else None
         end = t.datetime_complete.timestamp() if t.datetime_complete else None
         seconds = (end - start) if start and end else float(t.user_attrs.get(ATTR_SECONDS, 0))
-        curve = [t.intermediate_values[k] for k in sorted(t.intermediate_values)]
+        curve = val_curve(t)
         rows.append(TrialRow(
             number=t.number, state=t.state.name.lower(),
             value=t.value if t.state == TrialState.COMPLETE else None,

@@ -2,6 +2,8 @@
 parameters, each bound to a config key, plus fixed config values for every trial.
 
     description = "..."
+    prune_on = "val_accuracy"        # what pruners compare per epoch: val_accuracy (default)
+                                     # or train_accuracy (the epoch's running accuracy)
     [params.lr]                      # the parameter's name (shown in tables and plots)
     key = "optim.lr"                 # config key it sets (default: the name)
     type = "float"                   # float | int | categorical
@@ -29,6 +31,11 @@ from cifartune.config import Config, apply, coerce, flatten, full_key, toml_valu
 from cifartune.errors import CifartuneError, ConfigError
 
 KINDS = ("float", "int", "categorical")
+# Per-epoch signals a pruner can compare. The objective is always the validation accuracy;
+# with short schedules that decay the learning rate to zero, the end-of-epoch validation
+# accuracy at a high learning rate says little about the final one, while the epoch's running
+# training accuracy, averaged over all its steps, says more (see the fast space).
+PRUNE_SIGNALS = ("val_accuracy", "train_accuracy")
 _PARAM_FIELDS = {"key", "type", "low", "high", "log", "step", "choices", "when", "help"}
 
 
@@ -77,6 +84,7 @@ class SearchSpace:
     params: list[Param]
     fixed: dict[str, Any]
     description: str = ""
+    prune_on: str = "val_accuracy"  # one of PRUNE_SIGNALS
 
     def suggest(self, trial) -> dict[str, Any]:
         """Sample every active parameter from an Optuna trial; returns name -> value."""
@@ -132,10 +140,11 @@ class SearchSpace:
                 fixed[p.key] = values[p.key]
             else:
                 kept.append(replace(p, when=when))
-        return SearchSpace(self.name, kept, fixed, self.description)
+        return SearchSpace(self.name, kept, fixed, self.description, self.prune_on)
 
     def to_toml(self) -> str:
-        lines = [f"description = {toml_value(self.description)}", ""]
+        lines = [f"description = {toml_value(self.description)}",
+                 f"prune_on = {toml_value(self.prune_on)}", ""]
         for p in self.params:
             lines.append(f"[params.{p.name}]")
             lines.append(f"key = {toml_value(p.key)}")
@@ -189,10 +198,14 @@ def parse_space(text: str, name: str, where: str | None = None) -> SearchSpace:
         tree = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise SpaceError(f"{where} is not valid TOML: {e}") from None
-    unknown = set(tree) - {"description", "params", "fixed"}
+    unknown = set(tree) - {"description", "prune_on", "params", "fixed"}
     if unknown:
         raise SpaceError(f"{where}: unknown top-level entries {sorted(unknown)}; expected "
-                         "description, [params.NAME] tables and [fixed]")
+                         "description, prune_on, [params.NAME] tables and [fixed]")
+    prune_on = tree.get("prune_on", "val_accuracy")
+    if prune_on not in PRUNE_SIGNALS:
+        raise SpaceError(f"{where}: prune_on must be one of {', '.join(PRUNE_SIGNALS)}, "
+                         f"got {prune_on!r}")
     raw_params = tree.get("params", {})
     if not isinstance(raw_params, dict) or not raw_params:
         raise SpaceError(f"{where} defines no parameters; add [params.NAME] tables")
@@ -203,7 +216,8 @@ def parse_space(text: str, name: str, where: str | None = None) -> SearchSpace:
     if not isinstance(fixed, dict):
         raise SpaceError(f"{where}: [fixed] must be a table of config keys")
     # `model.arch = ...` (unquoted) is a nested table in TOML; either spelling means the key.
-    space = SearchSpace(name, params, flatten(fixed), str(tree.get("description", "")))
+    space = SearchSpace(name, params, flatten(fixed), str(tree.get("description", "")),
+                        prune_on)
     _check_values(space, where)
     return space
 

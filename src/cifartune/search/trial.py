@@ -25,12 +25,21 @@ from cifartune.train.run import evaluate_model, start_run
 # user attributes every trial carries (read by the live table, report and budgets)
 ATTR_DIR = "dir"
 ATTR_EPOCHS = "epochs_done"
+ATTR_VAL_CURVE = "val_curve"  # per-epoch validation accuracy (no TTA), whatever the pruner sees
 ATTR_SECONDS = "train_seconds"
 ATTR_REASON = "fail_reason"
 ATTR_RETRY_OF = "retry_of"
 ATTR_WORKER = "worker"  # host:pid
 ATTR_HEARTBEAT = "heartbeat"  # unix time of the last sign of life
 ATTR_RSS = "worker_peak_rss_mb"  # worker's peak memory after the trial (growth = a leak)
+
+
+def val_curve(t: optuna.trial.FrozenTrial) -> list[float]:
+    """Per-epoch validation accuracy (no TTA); studies from before the val_curve attribute
+    (whose pruners always compared validation accuracy) have it as intermediate values."""
+    if ATTR_VAL_CURVE in t.user_attrs:
+        return list(t.user_attrs[ATTR_VAL_CURVE])
+    return [t.intermediate_values[k] for k in sorted(t.intermediate_values)]
 
 
 def trial_dir(run_dir: Path, number: int) -> Path:
@@ -75,12 +84,14 @@ def run_trial(trial: optuna.Trial, space: SearchSpace, base, data_for: TrialData
         atomic_write_text(folder / "curve.json", json.dumps(curve, indent=1) + "\n")
         trial.set_user_attr(ATTR_EPOCHS, r.epoch)
         trial.set_user_attr(ATTR_SECONDS, round(r.train_seconds, 1))
-        if r.eval_accuracy is None or not math.isfinite(r.eval_accuracy):
+        trial.set_user_attr(ATTR_VAL_CURVE, [c["val_accuracy"] for c in curve])
+        signal = r.eval_accuracy if space.prune_on == "val_accuracy" else r.train_accuracy
+        if signal is None or not math.isfinite(signal):
             return
-        trial.report(r.eval_accuracy, r.epoch)
+        trial.report(signal, r.epoch)  # Optuna's intermediate values: what the pruner compares
         if r.epoch < r.epochs and trial.should_prune():
-            raise optuna.TrialPruned(f"pruned after epoch {r.epoch}: validation accuracy "
-                                     f"{r.eval_accuracy:.4f}")
+            raise optuna.TrialPruned(f"pruned after epoch {r.epoch}: {space.prune_on} "
+                                     f"{signal:.4f}")
 
     start = time.perf_counter()
     result = train(config, data, on_epoch=on_epoch)
