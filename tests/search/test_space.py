@@ -1,10 +1,13 @@
+from dataclasses import replace
+
 import optuna
 import pytest
 
 from cifartune.config import Config
-from cifartune.search import SpaceError, builtin_spaces, load_space
+from cifartune.errors import ConfigError
+from cifartune.search import SearchSettings, SpaceError, builtin_spaces, load_space
 from cifartune.search.space import parse_space
-from cifartune.search.study import max_epochs
+from cifartune.search.study import SPACE, max_epochs, save_search
 
 
 def test_builtin_spaces_load():
@@ -161,3 +164,16 @@ when = { momentum = [0.5] }
     fixed = space.fix({"momentum": 0.9})
     assert {p.name: p.when for p in fixed.params} == {
         "optimizer": {}, "lr": {}, "nesterov": {"optimizer": ("sgd",)}}
+
+
+def test_resume_compares_spaces_by_meaning(tmp_path):
+    space = parse_space(COND_SPACE, "t")
+    settings = SearchSettings(study="t")
+    save_search(tmp_path, space, Config(), settings)
+    # as written before prune_on existed, and with the full key and a float for 3
+    (tmp_path / SPACE).write_text(space.to_toml().replace('prune_on = "val_accuracy"\n', "")
+                                  .replace('"epochs" = 3', '"train.epochs" = 3.0'))
+    save_search(tmp_path, space, Config(), settings)  # the same search: resumes
+    for other in (space.fix({"lr": 0.1}), replace(space, prune_on="train_accuracy")):
+        with pytest.raises(ConfigError, match="different space"):
+            save_search(tmp_path, other, Config(), settings)

@@ -142,6 +142,14 @@ class SearchSpace:
                 kept.append(replace(p, when=when))
         return SearchSpace(self.name, kept, fixed, self.description, self.prune_on)
 
+    def same_search(self, other: SearchSpace) -> bool:
+        """Whether two spaces define the same trials (resuming needs it), however their
+        files are written: short or full keys, 4 or 4.0, older files without newer keys."""
+        def fixed(sp: SearchSpace) -> dict[str, Any]:
+            return {full_key(k): coerce(k, v) for k, v in sp.fixed.items()}
+        return ((self.params, self.prune_on, fixed(self))
+                == (other.params, other.prune_on, fixed(other)))
+
     def to_toml(self) -> str:
         lines = [f"description = {toml_value(self.description)}",
                  f"prune_on = {toml_value(self.prune_on)}", ""]

@@ -93,7 +93,7 @@ def save_search(run_dir: Path, space: SearchSpace, base: Config,
     run_dir.mkdir(parents=True, exist_ok=True)
     space_text, base_text = space.to_toml(), base.to_toml()
     if (run_dir / SPACE).exists():
-        if (run_dir / SPACE).read_text() != space_text:
+        if not parse_space((run_dir / SPACE).read_text(), space.name).same_search(space):
             raise ConfigError(f"{run_dir} holds a search over a different space; resume it "
                               "with the same --space, or choose a new --out")
         old = resolve_config(files=[run_dir / BASE_CONFIG])
