@@ -29,7 +29,7 @@ from pathlib import Path
 
 from optuna.trial import FrozenTrial, TrialState
 
-from cifartune.config import apply, parse_override, resolve_config
+from cifartune.config import apply, parse_overrides, resolve_config
 from cifartune.search import SearchSettings, load_space, run_search
 
 ARMS = (("random", "none"), ("tpe", "asha"))
@@ -57,9 +57,14 @@ def time_to_reach(curve: list[tuple[float, float]], target: float) -> float | No
     return next((s for s, v in curve if v >= target), None)
 
 
+def fixed_keys(args: argparse.Namespace) -> list[str]:
+    """The `key=value` overrides both arms hold fixed: the default fidelity, then --set."""
+    return FIDELITY + (args.set or [])
+
+
 def run_arm(sampler: str, pruner: str, args: argparse.Namespace) -> dict:
     out = Path(args.out) / f"{sampler}-{pruner}"
-    fixed = dict(parse_override(o) for o in FIDELITY + (args.set or []))
+    fixed = parse_overrides(fixed_keys(args))
     space = load_space(args.space).fix(fixed)
     base = resolve_config(overrides=[f"data.path={args.data!r}"] if args.data else [])
     base = apply(base, {"data.val_size": 5000, **fixed})
@@ -134,9 +139,9 @@ def main() -> None:
     for r in results:
         r["seconds_to_reach_random_best"] = (time_to_reach(r["curve"], target)
                                              if target is not None else None)
-    fixed = " ".join(FIDELITY + (args.set or []))
-    print(f"\nspace {args.space} with {fixed}, {args.minutes:g} min per arm, target = random "
-          f"search's final best ({target:.4f})" if target else "\nrandom search completed no trial")
+    print(f"\nspace {args.space} with {' '.join(fixed_keys(args))}, {args.minutes:g} min per "
+          f"arm, target = random search's final best ({target:.4f})" if target
+          else "\nrandom search completed no trial")
     print(f"{'arm':12s} {'best val':>9s} {'complete':>9s} {'pruned':>7s} {'failed':>7s} "
           f"{'epochs':>7s} {'time to random best':>20s}")
     for r in results:

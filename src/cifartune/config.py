@@ -236,6 +236,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     return full_key(key), value
 
 
+def parse_overrides(texts: list[str]) -> dict[str, Any]:
+    """`--set` options (`key=value` each) as {full key: value}."""
+    return dict(parse_override(t) for t in texts)
+
+
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested TOML tables to dotted keys (`{"train": {"epochs": 2}}` -> `{"train.epochs": 2}`)."""
     out: dict[str, Any] = {}
@@ -298,8 +303,7 @@ def resolve_config(preset: str | None = None, files: list[str | Path] = (),
         config = apply(config, preset_values(preset))
     for path in files:
         config = apply(config, flatten(read_toml(path)))
-    values = dict(parse_override(o) for o in overrides)
-    return apply(config, values)
+    return apply(config, parse_overrides(overrides))
 
 
 def load_config_dict(tree: dict[str, Any]) -> Config:

@@ -133,7 +133,7 @@ def test_fix_holds_searched_and_fixed_keys():
 
 
 def test_fix_is_the_same_whatever_the_order_or_spelling():
-    """Rerunning a search resumes it only if its space.toml is unchanged."""
+    """The same --set options, however ordered or spelled, write the same space.toml."""
     space = parse_space(COND_SPACE, "t")
     a = space.fix({"epochs": 4, "optim.lr": 0.1})
     b = space.fix({"lr": 0.1, "train.epochs": 4.0})

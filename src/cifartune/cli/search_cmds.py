@@ -15,7 +15,7 @@ from cifartune.cli.commands import (
     print_evaluation,
     resolve_args,
 )
-from cifartune.config import apply, parse_override
+from cifartune.config import apply, parse_overrides
 from cifartune.errors import CifartuneError
 
 DEFAULT_VAL_SIZE = 5000  # training images held out to score trials (never the test set)
@@ -107,7 +107,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     base = resolve_args(args)
     # --set wins over the space: a searched parameter it names is held fixed, not searched.
-    space = load_space(args.space).fix(dict(parse_override(o) for o in args.overrides))
+    space = load_space(args.space).fix(parse_overrides(args.overrides))
     if not space.params:
         raise CifartuneError(f"--set fixes every parameter of space '{space.name}': nothing is "
                              "left to search; use 'cifartune train' for one configuration")

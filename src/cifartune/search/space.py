@@ -123,7 +123,7 @@ class SearchSpace:
         parameter bound to one of them is no longer searched, a [fixed] value is replaced;
         other keys are left to the base config. A parameter conditioned on a fixed one stays
         only if the fixed value meets its `when`, and inherits the fixed one's own `when`."""
-        values = {full_key(k): coerce(k, v) for k, v in values.items()}
+        values = _canonical(values)
         fixed = {k: values.get(full_key(k), v) for k, v in self.fixed.items()}
         gone: dict[str, Any] = {}  # parameter name -> its fixed value (_MISSING: dropped)
         inherited: dict[str, dict[str, tuple]] = {}  # fixed parameter -> its own `when`
@@ -145,10 +145,8 @@ class SearchSpace:
     def same_search(self, other: SearchSpace) -> bool:
         """Whether two spaces define the same trials (resuming needs it), however their
         files are written: short or full keys, 4 or 4.0, older files without newer keys."""
-        def fixed(sp: SearchSpace) -> dict[str, Any]:
-            return {full_key(k): coerce(k, v) for k, v in sp.fixed.items()}
-        return ((self.params, self.prune_on, fixed(self))
-                == (other.params, other.prune_on, fixed(other)))
+        return ((self.params, self.prune_on, _canonical(self.fixed))
+                == (other.params, other.prune_on, _canonical(other.fixed)))
 
     def to_toml(self) -> str:
         lines = [f"description = {toml_value(self.description)}",
@@ -175,6 +173,12 @@ class SearchSpace:
 
 
 _MISSING = object()
+
+
+def _canonical(values: dict[str, Any]) -> dict[str, Any]:
+    """Config values under their full keys, in their fields' types (`epochs: 4` ->
+    `train.epochs: 4.0`)."""
+    return {full_key(k): coerce(k, v) for k, v in values.items()}
 
 
 def builtin_spaces() -> list[str]:
