@@ -54,3 +54,14 @@ def test_unknown_names():
         make_sampler("annealing", 0)
     with pytest.raises(ConfigError, match="unknown pruner"):
         make_pruner("sometimes", 3)
+
+
+def test_tpe_starts_as_random_search_and_models_from_trial_5():
+    """The efficiency bench's premise: TPE's start-up trials are random's, then it departs."""
+    def proposals(name):
+        study = optuna.create_study(direction="maximize", sampler=make_sampler(name, 0))
+        study.optimize(lambda t: -abs(t.suggest_float("x", 0, 1) - 0.3), n_trials=7)
+        return [t.params["x"] for t in study.trials]
+    tpe, rand = proposals("tpe"), proposals("random")
+    assert tpe[:5] == rand[:5]
+    assert tpe[5:] != rand[5:]
