@@ -139,7 +139,8 @@ def main() -> None:
     for r in results:
         r["seconds_to_reach_random_best"] = (time_to_reach(r["curve"], target)
                                              if target is not None else None)
-    print(f"\nspace {args.space} with {' '.join(fixed_keys(args))}, {args.minutes:g} min per "
+    held = ", ".join(f"{k}={v}" for k, v in parse_overrides(fixed_keys(args)).items())
+    print(f"\nspace {args.space} with {held}, {args.minutes:g} min per "
           f"arm, target = random search's final best ({target:.4f})" if target
           else "\nrandom search completed no trial")
     print(f"{'arm':12s} {'best val':>9s} {'complete':>9s} {'pruned':>7s} {'failed':>7s} "
