@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
@@ -57,14 +58,14 @@ def time_to_reach(curve: list[tuple[float, float]], target: float) -> float | No
     return next((s for s, v in curve if v >= target), None)
 
 
-def fixed_keys(args: argparse.Namespace) -> list[str]:
-    """The `key=value` overrides both arms hold fixed: the default fidelity, then --set."""
-    return FIDELITY + (args.set or [])
+def held_fixed(args: argparse.Namespace) -> dict[str, Any]:
+    """The config values both arms hold fixed: the default fidelity, then --set (later wins)."""
+    return parse_overrides(FIDELITY + (args.set or []))
 
 
 def run_arm(sampler: str, pruner: str, args: argparse.Namespace) -> dict:
     out = Path(args.out) / f"{sampler}-{pruner}"
-    fixed = parse_overrides(fixed_keys(args))
+    fixed = held_fixed(args)
     space = load_space(args.space).fix(fixed)
     base = resolve_config(overrides=[f"data.path={args.data!r}"] if args.data else [])
     base = apply(base, {"data.val_size": 5000, **fixed})
@@ -139,7 +140,7 @@ def main() -> None:
     for r in results:
         r["seconds_to_reach_random_best"] = (time_to_reach(r["curve"], target)
                                              if target is not None else None)
-    held = ", ".join(f"{k}={v}" for k, v in parse_overrides(fixed_keys(args)).items())
+    held = ", ".join(f"{k}={v}" for k, v in held_fixed(args).items())
     print(f"\nspace {args.space} with {held}, {args.minutes:g} min per "
           f"arm, target = random search's final best ({target:.4f})" if target
           else "\nrandom search completed no trial")
