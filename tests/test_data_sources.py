@@ -179,7 +179,26 @@ def test_validation_split_is_held_out_and_stratified(small):
 def test_prepare_data_applies_limits_and_split(cifar_root):
     ds = prepare_data(DataConfig(path=str(cifar_root), train_limit=500, test_limit=100,
                                  val_size=100))
-    assert (len(ds.train), len(ds.val), len(ds.test)) == (400, 100, 100)
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (500, 100, 100)
+
+
+def test_validation_images_are_the_same_whatever_train_limit(cifar):
+    """Trials at different fidelities (numbers of training images) must be scored on the
+    same held-out images, and never train on them."""
+    from cifartune.data import prepare
+
+    splits = {n: prepare(cifar, DataConfig(val_size=5000, train_limit=n))
+              for n in (0, 10_000, 25_000)}
+    assert [len(s.train) for s in splits.values()] == [45_000, 10_000, 25_000]
+    ref = splits[0].val
+    for n, ds in splits.items():
+        assert ds.val.x.tobytes() == ref.x.tobytes(), f"train_limit={n} moved the validation"
+        np.testing.assert_array_equal(ds.val.y, ref.y)
+        val_rows = {r.tobytes() for r in ref.x}
+        assert not any(r.tobytes() in val_rows for r in ds.train.x[:2000])
+    # the smaller slices are nested in the larger: a cheaper fidelity sees a subset
+    big = {r.tobytes() for r in splits[25_000].train.x}
+    assert all(r.tobytes() in big for r in splits[10_000].train.x)
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -35,7 +35,8 @@ class DataConfig:
     path: str = _f("", "dataset location; '' = $CIFARTUNE_DATA or the per-user cache (downloads)")
     val_size: int = _f(0, "training images held out for validation (0 = train on all)", lo=0)
     val_seed: int = _f(0, "seed of the validation split")
-    train_limit: int = _f(0, "use only N training images, a stratified slice (0 = all)", lo=0)
+    train_limit: int = _f(0, "use only N training images, a stratified slice taken after the "
+                          "validation split is held out (0 = all the rest)", lo=0)
     test_limit: int = _f(0, "use only N test images, a stratified slice (0 = all)", lo=0)
 
 

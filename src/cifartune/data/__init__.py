@@ -6,6 +6,7 @@ from cifartune.data.dataset import (
     CIFAR10_CLASSES,
     Dataset,
     Split,
+    carve,
     channel_stats,
     limit,
     split_validation,
@@ -19,10 +20,11 @@ def prepare_data(cfg: DataConfig, progress: Progress | None = None) -> Dataset:
 
 
 def prepare(ds: Dataset, cfg: DataConfig) -> Dataset:
-    """Slices and validation split of an already loaded dataset."""
-    ds = limit(ds, cfg.train_limit, cfg.test_limit, seed=cfg.val_seed)
-    return split_validation(ds, cfg.val_size, cfg.val_seed)
+    """Validation split and slices of an already loaded dataset. The validation images are
+    held out of the whole training set first, so they are the same whatever `train_limit`
+    is: trials trained on different numbers of images are scored on the same images."""
+    return carve(ds, cfg.val_size, cfg.train_limit, cfg.test_limit, seed=cfg.val_seed)
 
 
-__all__ = ["CIFAR10_CLASSES", "Dataset", "Split", "channel_stats", "limit", "load_dataset",
-           "prepare", "prepare_data", "split_validation"]
+__all__ = ["CIFAR10_CLASSES", "Dataset", "Split", "carve", "channel_stats", "limit",
+           "load_dataset", "prepare", "prepare_data", "split_validation"]

@@ -77,25 +77,36 @@ def stratified_take(y: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 def split_validation(ds: Dataset, val_size: int, seed: int = 0) -> Dataset:
     """Hold `val_size` stratified training images out as the validation split."""
-    if val_size <= 0:
-        return ds
-    if val_size >= len(ds.train):
-        raise DataError(f"val_size={val_size} leaves no training images (the training set has "
-                        f"{len(ds.train)}); choose a smaller data.val_size")
-    val_idx = stratified_take(ds.train.y, val_size, seed)
-    keep = np.ones(len(ds.train), dtype=bool)
-    keep[val_idx] = False
-    return replace(ds, train=ds.train.subset(np.flatnonzero(keep)),
-                   val=ds.train.subset(np.sort(val_idx)))
+    return carve(ds, val_size=val_size, seed=seed)
 
 
 def limit(ds: Dataset, train: int = 0, test: int = 0, seed: int = 0) -> Dataset:
     """Stratified slices for quick runs and tests (0 = keep everything)."""
+    return carve(ds, train_limit=train, test_limit=test, seed=seed)
+
+
+def carve(ds: Dataset, val_size: int = 0, train_limit: int = 0, test_limit: int = 0,
+          seed: int = 0) -> Dataset:
+    """The validation split, held out of the whole training set first, then stratified slices
+    of what is left for training and of the test set (0 = keep everything). Holding out first
+    keeps the validation images the same whatever `train_limit` is, so runs on different
+    numbers of training images are scored on the same images. Each split is copied once."""
+    train = np.arange(len(ds.train))
     out = ds
-    if 0 < train < len(ds.train):
-        out = replace(out, train=ds.train.subset(np.sort(stratified_take(ds.train.y, train, seed))))
-    if 0 < test < len(ds.test):
-        out = replace(out, test=ds.test.subset(np.sort(stratified_take(ds.test.y, test, seed))))
+    if val_size > 0:
+        if val_size >= len(ds.train):
+            raise DataError(f"val_size={val_size} leaves no training images (the training set "
+                            f"has {len(ds.train)}); choose a smaller data.val_size")
+        val = stratified_take(ds.train.y, val_size, seed)
+        train = np.flatnonzero(~np.isin(train, val))
+        out = replace(out, val=ds.train.subset(np.sort(val)))
+    if 0 < train_limit < len(train):
+        train = np.sort(train[stratified_take(ds.train.y[train], train_limit, seed)])
+    if len(train) < len(ds.train):
+        out = replace(out, train=ds.train.subset(train))
+    if 0 < test_limit < len(ds.test):
+        out = replace(out, test=ds.test.subset(np.sort(stratified_take(ds.test.y, test_limit,
+                                                                       seed))))
     return out
 
 
