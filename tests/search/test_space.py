@@ -78,13 +78,27 @@ def test_conditional_parameter_only_when_its_condition_holds():
 
 
 def test_list_valued_choices_round_trip():
-    space = load_space("fast")
+    space = parse_space("[params.widths]\ntype = 'categorical'\n"
+                        "choices = [[16, 32, 32], [32, 64, 64]]\n", "w")
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     trial = study.ask()
     values = space.suggest(trial)
     assert isinstance(values["widths"], list)
     assert space.decode_params(trial.params)["widths"] == values["widths"]
-    assert parse_space(space.to_toml(), "fast").params == space.params
+    assert parse_space(space.to_toml(), "w").params == space.params
+
+
+def test_rungs_and_preset_parse_and_round_trip():
+    text = ("preset = 'seed'\nrungs = [{ train_limit = 5000 }, { 'data.train_limit' = 10000, "
+            "epochs = 2 }]\n[params.lr]\ntype = 'float'\nlow = 1e-4\nhigh = 1e-3\n")
+    space = parse_space(text, "r")
+    assert space.preset == "seed"
+    assert space.rungs == [{"data.train_limit": 5000},
+                           {"data.train_limit": 10000, "train.epochs": 2.0}]
+    again = parse_space(space.to_toml(), "r")
+    assert (again.rungs, again.preset) == (space.rungs, space.preset)
+    assert again.same_search(space)
+    assert not parse_space(text.replace("5000", "6000"), "r").same_search(space)
 
 
 @pytest.mark.parametrize("text, fragment", [
@@ -106,6 +120,12 @@ def test_list_valued_choices_round_trip():
     ("[params.lr]\ntype = 'float'\nlow = 0.1\nhigh = 0.5\n[extras]\n", "unknown top-level"),
     ("prune_on = 'loss'\n[params.lr]\ntype = 'float'\nlow = 0.1\nhigh = 0.5\n",
      "prune_on must be one of"),
+    ("rungs = [{ nope = 1 }]\n[params.lr]\ntype = 'float'\nlow = 0.1\nhigh = 0.5\n",
+     "rungs: unknown config key 'nope'"),
+    ("rungs = [1000]\n[params.lr]\ntype = 'float'\nlow = 0.1\nhigh = 0.5\n",
+     "rungs must be a list of tables"),
+    ("preset = 'huge'\n[params.lr]\ntype = 'float'\nlow = 0.1\nhigh = 0.5\n",
+     "preset must be one of"),
 ])
 def test_malformed_spaces_give_one_line_errors(text, fragment):
     with pytest.raises(SpaceError, match=fragment) as e:

@@ -2,8 +2,11 @@
 parameters, each bound to a config key, plus fixed config values for every trial.
 
     description = "..."
-    prune_on = "val_accuracy"        # what pruners compare per epoch: val_accuracy (default)
-                                     # or train_accuracy (the epoch's running accuracy)
+    preset = "seed"                  # the base config's preset when the command names none
+    rungs = [{ "data.train_limit" = 10000 }]  # cheaper fidelities, cheapest first (below)
+    prune_on = "val_accuracy"        # without rungs, what pruners compare per epoch:
+                                     # val_accuracy (default) or train_accuracy (the epoch's
+                                     # running accuracy)
     [params.lr]                      # the parameter's name (shown in tables and plots)
     key = "optim.lr"                 # config key it sets (default: the name)
     type = "float"                   # float | int | categorical
@@ -17,6 +20,12 @@ parameters, each bound to a config key, plus fixed config values for every trial
     when = { optimizer = ["sgd"] }   # only sampled when these parameters take these values
     [fixed]                          # config values for every trial
     epochs = 40
+
+Every trial is judged at the target fidelity: the base config (with [fixed]) on all training
+images but the validation split, for its own epochs. With `rungs`, a trial first trains at
+each rung (a table of config values over its own, e.g. fewer images) and goes on only if the
+pruner promotes it; the target is always the last rung. Without rungs, trials train at the
+target and pruners compare them epoch by epoch.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from cifartune.config import Config, apply, coerce, flatten, full_key, toml_value
+from cifartune.config import PRESETS, Config, apply, coerce, flatten, full_key, toml_value
 from cifartune.errors import CifartuneError, ConfigError
 
 KINDS = ("float", "int", "categorical")
@@ -37,6 +46,7 @@ KINDS = ("float", "int", "categorical")
 # training accuracy, averaged over all its steps, says more (see the fast space).
 PRUNE_SIGNALS = ("val_accuracy", "train_accuracy")
 _PARAM_FIELDS = {"key", "type", "low", "high", "log", "step", "choices", "when", "help"}
+_TOP_LEVEL = {"description", "preset", "rungs", "prune_on", "params", "fixed"}
 
 
 class SpaceError(ConfigError):
@@ -84,7 +94,9 @@ class SearchSpace:
     params: list[Param]
     fixed: dict[str, Any]
     description: str = ""
-    prune_on: str = "val_accuracy"  # one of PRUNE_SIGNALS
+    prune_on: str = "val_accuracy"  # one of PRUNE_SIGNALS (epoch pruning, without rungs)
+    rungs: list[dict[str, Any]] = field(default_factory=list)  # full key -> value, cheapest 1st
+    preset: str = ""  # the base config's preset when the command names none ("" = defaults)
 
     def suggest(self, trial) -> dict[str, Any]:
         """Sample every active parameter from an Optuna trial; returns name -> value."""
@@ -140,17 +152,27 @@ class SearchSpace:
                 fixed[p.key] = values[p.key]
             else:
                 kept.append(replace(p, when=when))
-        return SearchSpace(self.name, kept, fixed, self.description, self.prune_on)
+        return replace(self, params=kept, fixed=fixed)
 
     def same_search(self, other: SearchSpace) -> bool:
         """Whether two spaces define the same trials (resuming needs it), however their
         files are written: short or full keys, 4 or 4.0, older files without newer keys."""
-        return ((self.params, self.prune_on, _canonical(self.fixed))
-                == (other.params, other.prune_on, _canonical(other.fixed)))
+        def key(s: SearchSpace) -> tuple:
+            return (s.params, s.prune_on, _canonical(s.fixed),
+                    [_canonical(r) for r in s.rungs])
+        return key(self) == key(other)
 
     def to_toml(self) -> str:
         lines = [f"description = {toml_value(self.description)}",
-                 f"prune_on = {toml_value(self.prune_on)}", ""]
+                 f"prune_on = {toml_value(self.prune_on)}"]
+        if self.preset:
+            lines.append(f"preset = {toml_value(self.preset)}")
+        if self.rungs:
+            inner = ", ".join("{ " + ", ".join(f"{toml_value(k)} = {toml_value(v)}"
+                                                for k, v in r.items()) + " }"
+                              for r in self.rungs)
+            lines.append(f"rungs = [{inner}]")
+        lines.append("")
         for p in self.params:
             lines.append(f"[params.{p.name}]")
             lines.append(f"key = {toml_value(p.key)}")
@@ -210,10 +232,11 @@ def parse_space(text: str, name: str, where: str | None = None) -> SearchSpace:
         tree = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise SpaceError(f"{where} is not valid TOML: {e}") from None
-    unknown = set(tree) - {"description", "prune_on", "params", "fixed"}
+    unknown = set(tree) - _TOP_LEVEL
     if unknown:
         raise SpaceError(f"{where}: unknown top-level entries {sorted(unknown)}; expected "
-                         "description, prune_on, [params.NAME] tables and [fixed]")
+                         "description, preset, rungs, prune_on, [params.NAME] tables and "
+                         "[fixed]")
     prune_on = tree.get("prune_on", "val_accuracy")
     if prune_on not in PRUNE_SIGNALS:
         raise SpaceError(f"{where}: prune_on must be one of {', '.join(PRUNE_SIGNALS)}, "
@@ -229,9 +252,26 @@ def parse_space(text: str, name: str, where: str | None = None) -> SearchSpace:
         raise SpaceError(f"{where}: [fixed] must be a table of config keys")
     # `model.arch = ...` (unquoted) is a nested table in TOML; either spelling means the key.
     space = SearchSpace(name, params, flatten(fixed), str(tree.get("description", "")),
-                        prune_on)
+                        prune_on, _parse_rungs(tree.get("rungs", []), where),
+                        _parse_preset(tree.get("preset", ""), where))
     _check_values(space, where)
     return space
+
+
+def _parse_rungs(rungs: Any, where: str) -> list[dict[str, Any]]:
+    if not isinstance(rungs, list) or not all(isinstance(r, dict) and r for r in rungs):
+        raise SpaceError(f"{where}: rungs must be a list of tables of config values, e.g. "
+                         "rungs = [{ \"data.train_limit\" = 10000 }]")
+    try:
+        return [_canonical(flatten(r)) for r in rungs]
+    except ConfigError as e:
+        raise SpaceError(f"{where}, rungs: {e}") from None
+
+
+def _parse_preset(preset: Any, where: str) -> str:
+    if preset and preset not in PRESETS:
+        raise SpaceError(f"{where}: preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+    return str(preset)
 
 
 def _parse_param(name: str, spec: Any, earlier: list[Param], where: str) -> Param:
