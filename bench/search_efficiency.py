@@ -1,40 +1,42 @@
-"""Search efficiency: random search without pruning against TPE + ASHA, same wall clock.
+"""Search efficiency: random search without pruning against TPE + ASHA, same wall clock,
+at the main command's own fidelity, repeated with different seeds.
 
-    python bench/search_efficiency.py [--minutes 45] [--space fast] [--out bench/runs/eff]
+    python bench/search_efficiency.py [--minutes 30] [--repeats 3] [--space fast]
                                       [--parallel] [--set KEY=VALUE ...]
+                                      [--results bench/results/search_efficiency.jsonl]
 
-Each arm runs `run_search` (the same code as `cifartune search`) with the same time budget,
+Each arm runs `run_search` (the same code as `cifartune search`) with the same time budget:
 one after the other on this machine, or with --parallel both at once, each pinned to its own
 half of the CPU cores (equal hardware, half the wall clock). Only trials finished inside an
-arm's budget count.
-Both arms hold the same keys fixed (--set, as for `cifartune search`); by default every trial
-trains 4 epochs on 10,000 images, so that a 45-minute arm on one core holds about 20
-unpruned trials: a sampler that models the space needs trials to learn from, and a pruner
-compares trials fairly only at equal length (a searched epoch count lets short runs look
-good early).
-For each arm it reports the best validation accuracy, trials completed / pruned / failed,
-epochs spent, and the time each arm needed to reach random search's final best.
-Goal: TPE + ASHA gets there in at most half the budget and ends higher.
+arm's budget count. Both arms search as the main command does (`--set` changes that): trial 0
+is the baseline, and every score is at the target fidelity. Random search with no pruner
+trains every trial straight at the target; TPE + ASHA screens each trial at the space's
+rungs first and trains only the promoted ones at the target.
+Repeat i seeds both arms with seed + i (the random arm is TPE's "twin"). For each repeat it
+records each arm's best validation accuracy over time; then it prints, per repeat and as mean
+and spread, when TPE + ASHA passed its random twin's final best, and both final bests.
+Goal: TPE + ASHA gets there in at most half the budget on average.
+Each finished arm is appended to the results file at once; rerunning the same command resumes.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
+from _results import append, machine, read_jsonl
 from optuna.trial import FrozenTrial, TrialState
 
 from cifartune.config import apply, parse_overrides, resolve_config
 from cifartune.search import SearchSettings, load_space, run_search
 
 ARMS = (("random", "none"), ("tpe", "asha"))
-FIDELITY = ["epochs=4", "train_limit=15000"]  # 10,000 training images + 5,000 held out
+VAL_SIZE = 5000  # the main command's default validation split
 
 
 def finished_by(trials: list[FrozenTrial], start: float, budget: float) -> list[FrozenTrial]:
@@ -58,18 +60,24 @@ def time_to_reach(curve: list[tuple[float, float]], target: float) -> float | No
     return next((s for s, v in curve if v >= target), None)
 
 
-def held_fixed(args: argparse.Namespace) -> dict[str, Any]:
-    """The config values both arms hold fixed: the default fidelity, then --set (later wins)."""
-    return parse_overrides(FIDELITY + (args.set or []))
+def key(args: argparse.Namespace, repeat: int, arm: int) -> dict:
+    """What makes two arm runs the same measurement (for resuming from the results file)."""
+    return {"space": args.space, "set": args.set, "minutes": args.minutes,
+            "seed": args.seed + repeat, "arm": "+".join(ARMS[arm]),
+            "parallel": args.parallel}
 
 
-def run_arm(sampler: str, pruner: str, args: argparse.Namespace) -> dict:
-    out = Path(args.out) / f"{sampler}-{pruner}"
-    fixed = held_fixed(args)
-    space = load_space(args.space).fix(fixed)
-    base = resolve_config(overrides=[f"data.path={args.data!r}"] if args.data else [])
-    base = apply(base, {"data.val_size": 5000, **fixed})
-    settings = SearchSettings(study=out.name, sampler=sampler, pruner=pruner, seed=args.seed,
+def run_arm(args: argparse.Namespace, repeat: int, arm: int) -> dict:
+    sampler, pruner = ARMS[arm]
+    seed = args.seed + repeat
+    out = Path(args.out) / f"seed{seed}" / f"{sampler}-{pruner}"
+    space = load_space(args.space)
+    fixed = parse_overrides(args.set)
+    base = resolve_config(space.preset or None,
+                          overrides=[f"data.path={args.data!r}"] if args.data else [])
+    space = space.fix(fixed)
+    base = apply(base, {"data.val_size": VAL_SIZE, **fixed})
+    settings = SearchSettings(study=out.name, sampler=sampler, pruner=pruner, seed=seed,
                               timeout=args.minutes * 60)
     start = time.time()
     shown = [-1]
@@ -77,83 +85,105 @@ def run_arm(sampler: str, pruner: str, args: argparse.Namespace) -> dict:
     def progress(s) -> None:  # one line a minute: arms running in parallel share the terminal
         if int(s.elapsed // 60) > shown[0]:
             shown[0] = int(s.elapsed // 60)
-            print(f"  {sampler}+{pruner}: {s.counts.complete} complete, {s.counts.pruned} "
-                  f"pruned, {s.counts.failed} failed, {s.elapsed / 60:.0f} min", flush=True)
+            print(f"  seed {seed} {sampler}+{pruner}: {s.counts.complete} complete, "
+                  f"{s.counts.pruned} pruned, {s.counts.failed} failed, "
+                  f"{s.elapsed / 60:.0f} min", flush=True)
 
     snap = run_search(out, space, base, settings, on_poll=progress, poll_seconds=5)
     budget = args.minutes * 60
     trials = finished_by(snap.trials, start, budget)
     curve = best_curve(trials, start)
     states = [t.state for t in trials]
-    return {
-        "arm": f"{sampler}+{pruner}", "run": str(out), "budget_seconds": budget,
-        "best_val_accuracy": curve[-1][1] if curve else None,
-        "complete": states.count(TrialState.COMPLETE),
-        "pruned": states.count(TrialState.PRUNED), "failed": states.count(TrialState.FAIL),
-        "epochs": sum(float(t.user_attrs.get("epochs_done", 0)) for t in trials),
-        "curve": curve, "wall_seconds": time.time() - start,
-    }
+    return {**key(args, repeat, arm), "run": str(out), "budget_seconds": budget,
+            "best_val_accuracy": curve[-1][1] if curve else None,
+            "complete": states.count(TrialState.COMPLETE),
+            "pruned": states.count(TrialState.PRUNED), "failed": states.count(TrialState.FAIL),
+            "epochs": sum(float(t.user_attrs.get("epochs_done", 0)) for t in trials),
+            "curve": curve, "wall_seconds": time.time() - start, **machine()}
 
 
-def run_arms_in_parallel(args: argparse.Namespace) -> list[dict]:
+def run_repeat_in_parallel(args: argparse.Namespace, repeat: int, todo: list[int]) -> None:
     """Each arm in its own process, pinned to its own share of the cores."""
     cores = sorted(os.sched_getaffinity(0))
     share = max(1, len(cores) // len(ARMS))
-    argv = [a for a in sys.argv[1:] if a != "--parallel"]
+    argv = list(sys.argv[1:])
     procs = []
-    for i in range(len(ARMS)):
+    for i in todo:
         mine = set(cores[i * share:(i + 1) * share]) or set(cores)
         procs.append(subprocess.Popen(
-            [sys.executable, __file__, *argv, "--arm", str(i)],
+            [sys.executable, __file__, *argv, "--only", f"{repeat}:{i}"],
             preexec_fn=lambda m=mine: os.sched_setaffinity(0, m)))
     if any(p.wait() for p in procs):
         raise SystemExit("an arm failed; see its output above")
-    return [json.loads(arm_file(args, i).read_text()) for i in range(len(ARMS))]
 
 
-def arm_file(args: argparse.Namespace, index: int) -> Path:
-    sampler, pruner = ARMS[index]
-    return Path(args.out) / f"{sampler}-{pruner}" / "arm.json"
+def summary(rows: list[dict], budget: float) -> list[str]:
+    seeds = sorted({r["seed"] for r in rows})
+    lines = [f"{'seed':>4s} {'random best':>11s} {'tpe+asha best':>13s} "
+             f"{'tpe+asha passes random best':>28s}  (trials c/p/f: random | tpe+asha)"]
+    reach, best_r, best_t = [], [], []
+    for s in seeds:
+        arms = {r["arm"]: r for r in rows if r["seed"] == s}
+        if len(arms) < len(ARMS):
+            lines.append(f"{s:>4d} (only {', '.join(arms)} measured so far)")
+            continue
+        r, t = arms["random+none"], arms["tpe+asha"]
+        target = r["best_val_accuracy"]
+        when = time_to_reach(t["curve"], target) if target is not None else None
+        reach.append(when if when is not None else budget)  # never: counted as the budget
+        best_r.append(target or 0.0)
+        best_t.append(t["best_val_accuracy"] or 0.0)
+        when_s = f"{when / 60:.1f} min ({when / budget:.0%})" if when is not None else "never"
+        counts = " | ".join(f"{a['complete']}/{a['pruned']}/{a['failed']}" for a in (r, t))
+        lines.append(f"{s:>4d} {best_r[-1]:11.4f} {best_t[-1]:13.4f} {when_s:>28s}  ({counts})")
+    if reach:
+        def ms(v: list[float], scale: float = 1.0) -> str:
+            sd = statistics.stdev(v) * scale if len(v) > 1 else 0.0
+            return f"{statistics.mean(v) * scale:.4g} ± {sd:.2g}"
+        lines += [f"over {len(reach)} repeats (mean ± standard deviation): random best "
+                  f"{ms(best_r)}, tpe+asha best {ms(best_t)}, tpe+asha passes random's best "
+                  f"at {ms(reach, 1 / 60)} min = {statistics.mean(reach) / budget:.0%} of the "
+                  "budget (never = the whole budget)"]
+    return lines
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--minutes", type=float, default=45.0, help="wall-clock budget per arm")
+    p.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget per arm")
+    p.add_argument("--repeats", type=int, default=3, help="seeds per arm")
     p.add_argument("--space", default="fast")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the first repeat")
     p.add_argument("--data", help="dataset path (default: $CIFARTUNE_DATA)")
     p.add_argument("--out", default="bench/runs/search_efficiency")
+    p.add_argument("--results", default="bench/results/search_efficiency.jsonl")
     p.add_argument("--parallel", action="store_true",
                    help="run both arms at once, each on its own half of the cores")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help=f"hold a config key fixed in both arms, after {' '.join(FIDELITY)}")
-    p.add_argument("--arm", type=int, help=argparse.SUPPRESS)  # internal: run one arm only
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="hold a config key fixed in both arms (default: the main command's "
+                   "fidelity, nothing held)")
+    p.add_argument("--only", help=argparse.SUPPRESS)  # internal: REPEAT:ARM
     args = p.parse_args()
-    if args.arm is not None:
-        arm_file(args, args.arm).parent.mkdir(parents=True, exist_ok=True)
-        result = run_arm(*ARMS[args.arm], args)
-        arm_file(args, args.arm).write_text(json.dumps(result))
+    results = Path(args.results)
+    if args.only:
+        repeat, arm = map(int, args.only.split(":"))
+        append(results, run_arm(args, repeat, arm))
         return
-    results = (run_arms_in_parallel(args) if args.parallel
-               else [run_arm(s, pr, args) for s, pr in ARMS])
-    target = results[0]["best_val_accuracy"]
-    for r in results:
-        r["seconds_to_reach_random_best"] = (time_to_reach(r["curve"], target)
-                                             if target is not None else None)
-    held = ", ".join(f"{k}={v}" for k, v in held_fixed(args).items())
-    print(f"\nspace {args.space} with {held}, {args.minutes:g} min per "
-          f"arm, target = random search's final best ({target:.4f})" if target
-          else "\nrandom search completed no trial")
-    print(f"{'arm':12s} {'best val':>9s} {'complete':>9s} {'pruned':>7s} {'failed':>7s} "
-          f"{'epochs':>7s} {'time to random best':>20s}")
-    for r in results:
-        reach = r["seconds_to_reach_random_best"]
-        reach_s = f"{reach / 60:.1f} min ({reach / r['budget_seconds']:.0%})" if reach else "never"
-        best = f"{r['best_val_accuracy']:.4f}" if r["best_val_accuracy"] else "-"
-        print(f"{r['arm']:12s} {best:>9s} {r['complete']:9d} {r['pruned']:7d} {r['failed']:7d} "
-              f"{r['epochs']:7.0f} {reach_s:>20s}")
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "results.json").write_text(json.dumps(results, indent=2))
+    for repeat in range(args.repeats):
+        done = {r["arm"] for r in read_jsonl(results)
+                if all(r.get(k) == v for k, v in key(args, repeat, 0).items() if k != "arm")}
+        todo = [i for i in range(len(ARMS)) if "+".join(ARMS[i]) not in done]
+        if args.parallel and todo:
+            run_repeat_in_parallel(args, repeat, todo)
+        for i in [] if args.parallel else todo:
+            append(results, run_arm(args, repeat, i))
+    rows = [r for r in read_jsonl(results)
+            if all(r.get(k) == v for k, v in key(args, 0, 0).items()
+                   if k not in ("arm", "seed"))
+            and args.seed <= r["seed"] < args.seed + args.repeats]
+    print(f"\nspace {args.space}{' with ' + ' '.join(args.set) if args.set else ''}, "
+          f"{args.minutes:g} min per arm{', arms in parallel' if args.parallel else ''}; "
+          f"times from {machine()['cpu']}")
+    print("\n".join(summary(rows, args.minutes * 60)))
 
 
 if __name__ == "__main__":

@@ -41,6 +41,19 @@ def cifar(cifar_root: Path) -> Dataset:
 
 
 @pytest.fixture(scope="session")
+def small_root(cifar: Dataset, tmp_path_factory) -> Path:
+    """A folder of real CIFAR-10 images, small enough that "all training images" (a search's
+    final model) trains in seconds: 1,400 training and 500 test images, stratified, with the
+    lossless mask."""
+    ds = limit(cifar, train=1400, test=500, seed=0)
+    root = tmp_path_factory.mktemp("small-cifar")
+    np.savez(root / "train.npz", x=ds.train.x, y=ds.train.y.astype(np.uint8))
+    np.savez(root / "test.npz", x=ds.test.x, y=ds.test.y.astype(np.uint8),
+             lossless=ds.test.lossless)
+    return root
+
+
+@pytest.fixture(scope="session")
 def small(cifar: Dataset) -> Dataset:
     """1,000 training and 500 test images (stratified, both lossless and JPEG test images)."""
     return limit(cifar, train=1000, test=500, seed=0)

@@ -307,6 +307,15 @@ def resolve_config(preset: str | None = None, files: list[str | Path] = (),
     return apply(config, parse_overrides(overrides))
 
 
+# A config's data settings for training on (or evaluating with) every training image: no
+# validation split held out, no slice. Final models and test evaluations use it.
+ALL_TRAINING_IMAGES = {"data.val_size": 0, "data.train_limit": 0}
+
+
+def all_training_images(config: Config) -> Config:
+    return apply(config, ALL_TRAINING_IMAGES)
+
+
 def load_config_dict(tree: dict[str, Any]) -> Config:
     """A config saved by `Config.to_dict` (e.g. in a checkpoint), validated."""
     return apply(Config(), flatten(tree))

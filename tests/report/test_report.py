@@ -39,8 +39,9 @@ def test_search_has_complete_pruned_and_failed_trials(report):
 def test_every_section_and_figure(report):
     html = report.index.read_text()
     for section in ("1. Search overview", "2. Hyperparameter impact", "3. Learning curves",
-                    "4. Best model", "Top trials", "Classification report", "macro avg",
-                    "weighted avg", "fANOVA", "lossless", "Failed trials", "diverged"):
+                    "4. Winning model", "Top trials", "Baseline and finalists",
+                    "Classification report", "macro avg", "weighted avg", "fANOVA", "lossless",
+                    "Failed trials", "diverged"):
         assert section in html, section
     assert set(FIGURES) <= set(report.figures)
     for name in FIGURES:
@@ -73,23 +74,50 @@ def test_figure_data(report):
 def test_terminal_summary(report_run):
     defn = load_search(report_run)
     lines = terminal_summary(defn, load_run_study(defn).get_trials())
-    assert lines[0].startswith("top trials") and len([x for x in lines if "#" in x]) >= 3
+    assert lines[0].startswith("baseline (trial 0): ") and lines[1].startswith("winner: ")
+    assert lines[2].startswith("top trials") and len([x for x in lines if "#" in x]) >= 3
     assert lines[-1].startswith("most important parameters (fANOVA)")
 
 
-def test_single_trial_and_no_completed_trial(tmp_path, cifar_root, capsys):
+def test_a_final_model_is_shown_only_while_its_trial_is_the_winner(report_run, tmp_path):
+    """A stale RUN/final (trained from an earlier winner) must not be reported as the
+    search's final model."""
+    import shutil
+
+    from cifartune.report import _best_checkpoint
+    from cifartune.search import verdict
+
+    run = tmp_path / "run"
+    shutil.copytree(report_run, run)
+    defn = load_search(run)
+    data = compute(defn, load_run_study(defn).get_trials())
+    winner = verdict(load_run_study(defn).get_trials()).winner.number
+    final = run / "final"
+    final.mkdir(exist_ok=True)
+    shutil.copy(run / "trials" / f"{winner:04d}" / "model.safetensors", final)
+    (final / "metrics.json").write_text(json.dumps({"winner_trial": winner + 1000}))
+    path, source = _best_checkpoint(defn, data)
+    assert path == run / "trials" / f"{winner:04d}" / "model.safetensors"
+    assert "the winner" in source
+    (final / "metrics.json").write_text(json.dumps({"winner_trial": winner}))
+    path, source = _best_checkpoint(defn, data)
+    assert path == final / "model.safetensors" and source.startswith("Final model")
+
+
+def test_single_trial_and_no_completed_trial(tmp_path, small_root, capsys):
     space = tmp_path / "s.toml"
     space.write_text(TINY_SPACE)
-    r = search(tmp_path / "one", space, cifar_root, "--n-trials", "1")
+    r = search(tmp_path / "one", space, small_root, "--n-trials", "1")
     assert r.returncode == 0, r.stderr
     res = build_report(tmp_path / "one", with_model=False)
     assert "importance needs at least" in res.index.read_text()
     assert "curves" in res.figures and "history" in res.figures
 
     bad = tmp_path / "bad.toml"
-    bad.write_text(TINY_SPACE.replace("[fixed]", "[fixed]\noptimizer = \"sgd\"\n")
+    # every trial diverges, the baseline too (its lr is the [fixed] one)
+    bad.write_text(TINY_SPACE.replace("[fixed]", "[fixed]\noptimizer = 'sgd'\nlr = 1e14\n")
                    .replace("high = 0.6", "high = 1e15").replace("low = 0.02", "low = 1e14"))
-    r = search(tmp_path / "none", bad, cifar_root, "--n-trials", "2")
+    r = search(tmp_path / "none", bad, small_root, "--n-trials", "2")
     assert r.returncode == 0, r.stderr
     proc = subprocess.run([sys.executable, "-m", "cifartune.cli.main", "report",
                            str(tmp_path / "none")], capture_output=True, text=True)
@@ -97,11 +125,11 @@ def test_single_trial_and_no_completed_trial(tmp_path, cifar_root, capsys):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_report_of_a_running_search(tmp_path, cifar_root):
+def test_report_of_a_running_search(tmp_path, small_root):
     space = tmp_path / "s.toml"
     space.write_text(TINY_SPACE)
     run = tmp_path / "run"
-    proc = search(run, space, cifar_root, "--n-trials", "50", wait=False)
+    proc = search(run, space, small_root, "--n-trials", "50", wait=False)
     try:
         end = time.time() + 180
         while time.time() < end:

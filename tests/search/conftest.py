@@ -14,13 +14,13 @@ from cifartune.search.study import journal_storage
 
 from ..conftest import restore_sigint
 
-# Trials of ~1-2 s: a 16/32/32-channel net on 1,000 training images for 3 epochs.
+# Trials of ~1-2 s: a 16/32/32-channel net on 1,000 training images for 3 epochs (searches
+# run on the `small_root` data folder: 1,400 training images, 400 of them held out).
 TINY_FIXED = """
 [fixed]
 epochs = 3
 batch_size = 100
 widths = [16, 32, 32]
-train_limit = 1400
 val_size = 400
 test_limit = 300
 tta = 0
@@ -58,10 +58,10 @@ def search(run: Path, space: Path, data: Path, *args: str, timeout: float = 300,
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def load(run: Path, storage: str = "") -> optuna.Study:
+def load(run: Path, storage: str = "", study: str = "") -> optuna.Study:
     """The run's study, opened with plain Optuna."""
     store = storage or journal_storage(run / "study.journal")
-    return optuna.load_study(study_name=run.name, storage=store)
+    return optuna.load_study(study_name=study or run.name, storage=store)
 
 
 def states(study: optuna.Study) -> dict[str, int]:

@@ -1,12 +1,15 @@
 """Every registered sampler and pruner drives a real Optuna study on a toy objective."""
 
 import importlib.util
+import threading
 
 import optuna
 import pytest
 
 from cifartune.errors import ConfigError
 from cifartune.search import PRUNERS, SAMPLERS, load_space, make_pruner, make_sampler
+from cifartune.search.samplers import rung_step
+from cifartune.search.study import journal_storage
 
 AVAILABLE = [s for s in SAMPLERS if s != "cmaes" or importlib.util.find_spec("cmaes")]
 
@@ -20,14 +23,6 @@ def test_sampler_explores_the_fast_space(sampler):
         values = space.suggest(trial)
         study.tell(trial, -abs(values["lr"] - 0.2))  # toy objective: lr near 0.2
     assert len({t.params["lr"] for t in study.trials}) > 5
-
-
-def test_seeded_samplers_repeat_themselves():
-    def run():
-        study = optuna.create_study(sampler=make_sampler("random", 5))
-        study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=5)
-        return [t.params["x"] for t in study.trials]
-    assert run() == run()
 
 
 @pytest.mark.parametrize("pruner", PRUNERS)
@@ -47,6 +42,60 @@ def test_pruner_stops_bad_curves(pruner):
         else:
             study.tell(trial, 0.9 if good else 0.2)
     assert (pruned > 0) == (pruner != "none")
+
+
+def _toy(trial: optuna.Trial) -> float:
+    return -abs(trial.suggest_float("x", 0, 1) - 0.3) - abs(trial.suggest_float("y", 0, 1))
+
+
+@pytest.mark.parametrize("name", ["random", "tpe"])
+@pytest.mark.parametrize("seed", [None, 7])
+def test_resumed_restarted_and_second_processes_never_repeat_a_draw(tmp_path, name, seed):
+    """Each `open` below is what a resumed search, a restarted worker or another machine
+    does: a new sampler object (same --seed, if any) on the same stored study."""
+    storage = journal_storage(tmp_path / "study.journal")
+
+    def open_():
+        return optuna.create_study(study_name="s", storage=storage, load_if_exists=True,
+                                   direction="maximize", sampler=make_sampler(name, seed))
+    open_().optimize(_toy, n_trials=6)  # the first run
+    open_().optimize(_toy, n_trials=3)  # resumed (or a restarted worker)
+    # two processes on the study at once, each with its own sampler object
+    a, b = open_(), open_()
+    threads = [threading.Thread(target=s.optimize, args=(_toy,), kwargs={"n_trials": 4})
+               for s in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    draws = [(t.params["x"], t.params["y"]) for t in open_().get_trials()]
+    assert len(draws) == 17 and len(set(draws)) == 17
+
+
+def test_a_seeded_uninterrupted_search_is_reproducible_and_an_unseeded_one_is_not():
+    def draws(seed):
+        study = optuna.create_study(sampler=make_sampler("tpe", seed))
+        study.optimize(_toy, n_trials=8)
+        return [t.params["x"] for t in study.trials]
+    assert draws(3) == draws(3) and draws(3) != draws(4)
+    assert draws(None) != draws(None)
+
+
+def test_rung_pruning_promotes_the_top_third_at_every_rung():
+    """With rungs, trial scores are reported at steps 3**rung, where Optuna's ASHA keeps the
+    top third of the trials that reached each rung (at least the best one)."""
+    study = optuna.create_study(direction="maximize", pruner=make_pruner("asha", 8, rungs=2))
+    went_on = []
+    for score in [0.5, 0.9, 0.1, 0.2, 0.8, 0.3, 0.95, 0.4, 0.6]:
+        trial = study.ask()
+        trial.report(score, rung_step(0))
+        if trial.should_prune():
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            continue
+        went_on.append(score)
+        study.tell(trial, score)
+    # each went on only while among the top third (the best, for the first two) of scores so far
+    assert went_on == [0.5, 0.9, 0.95]
 
 
 def test_unknown_names():

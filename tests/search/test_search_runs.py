@@ -17,15 +17,16 @@ from optuna.trial import TrialState
 from cifartune.cli.main import main
 from cifartune.config import resolve_config
 from cifartune.search.space import PRUNE_SIGNALS
-from cifartune.search.trial import val_curve
+from cifartune.search.trial import unpack_correct, val_curve
+from cifartune.search.winner import verdict
 
-from .conftest import TINY_FIXED, load, search, states
+from .conftest import TINY_FIXED, TINY_SPACE, load, search, states
 
 
-def test_seeded_random_search_is_reproducible(tmp_path, tiny_space, cifar_root):
+def test_seeded_random_search_is_reproducible(tmp_path, tiny_space, small_root):
     runs = []
     for name in ("a", "b"):
-        r = search(tmp_path / name, tiny_space, cifar_root, "--sampler", "random", "--seed", "7",
+        r = search(tmp_path / name, tiny_space, small_root, "--sampler", "random", "--seed", "7",
                    "--pruner", "none", "--n-trials", "3")
         assert r.returncode == 0, r.stderr
         runs.append(load(tmp_path / name))
@@ -37,9 +38,9 @@ def test_seeded_random_search_is_reproducible(tmp_path, tiny_space, cifar_root):
     assert "top trials" in r.stdout
 
 
-def test_set_holds_a_searched_parameter_fixed(tmp_path, tiny_space, cifar_root):
+def test_set_holds_a_searched_parameter_fixed(tmp_path, tiny_space, small_root):
     run = tmp_path / "run"
-    r = search(run, tiny_space, cifar_root, "--set", "lr=0.1", "--set", "epochs=2",
+    r = search(run, tiny_space, small_root, "--set", "lr=0.1", "--set", "epochs=2",
                "--sampler", "random", "--pruner", "none", "--n-trials", "2")
     assert r.returncode == 0, r.stderr
     trials = load(run).get_trials()
@@ -47,18 +48,18 @@ def test_set_holds_a_searched_parameter_fixed(tmp_path, tiny_space, cifar_root):
     assert all(t.user_attrs["epochs_done"] == 2 for t in trials)  # --set beat the space's 3
     config = resolve_config(files=[run / "trials" / "0000" / "config.toml"])
     assert config.optim.lr == 0.1
-    r = search(tmp_path / "none", tiny_space, cifar_root, "--set", "lr=0.1",
+    r = search(tmp_path / "none", tiny_space, small_root, "--set", "lr=0.1",
                "--set", "label_smoothing=0", "--n-trials", "1")
     assert r.returncode == 2 and "nothing is left to search" in r.stderr
     assert r.stderr.strip().count("\n") == 0
 
 
 @pytest.mark.parametrize("signal", PRUNE_SIGNALS)
-def test_pruning_really_stops_trials_early(tmp_path, tiny_space, cifar_root, signal):
+def test_pruning_really_stops_trials_early(tmp_path, tiny_space, small_root, signal):
     space = tmp_path / "wide.toml"
     space.write_text(f"prune_on = '{signal}'\n" + tiny_space.read_text()
                      .replace("low = 0.02", "low = 0.0005").replace("epochs = 3", "epochs = 4"))
-    r = search(tmp_path / "run", space, cifar_root, "--sampler", "random", "--pruner", "asha",
+    r = search(tmp_path / "run", space, small_root, "--sampler", "random", "--pruner", "asha",
                "--n-trials", "10", "--seed", "1")
     assert r.returncode == 0, r.stderr
     study = load(tmp_path / "run")
@@ -93,9 +94,9 @@ def _complete(run: Path) -> list:
         return []
 
 
-def test_sigkilled_worker_then_rerun_loses_nothing(tmp_path, tiny_space, cifar_root):
+def test_sigkilled_worker_then_rerun_loses_nothing(tmp_path, tiny_space, small_root):
     run = tmp_path / "run"
-    proc = search(run, tiny_space, cifar_root, "--n-trials", "6", "--pruner", "none",
+    proc = search(run, tiny_space, small_root, "--n-trials", "6", "--pruner", "none",
                   wait=False)
     _wait_for(lambda: len(_complete(run)) >= 2)
 
@@ -111,7 +112,7 @@ def test_sigkilled_worker_then_rerun_loses_nothing(tmp_path, tiny_space, cifar_r
     before = {t.number: t.value for t in _complete(run)}
     assert load(run).get_trials()[victim.number].state == TrialState.RUNNING  # left dangling
 
-    r = search(run, tiny_space, cifar_root, "--n-trials", "6", "--pruner", "none")
+    r = search(run, tiny_space, small_root, "--n-trials", "6", "--pruner", "none")
     assert r.returncode == 0, r.stderr
     study = load(run)
     after = {t.number: t.value for t in study.get_trials() if t.state == TrialState.COMPLETE}
@@ -134,9 +135,9 @@ def _check_shared_study(study: optuna.Study, n: int, run: Path) -> None:
     assert "locked" not in logs and "Traceback" not in logs
 
 
-def test_two_workers_share_the_embedded_storage(tmp_path, tiny_space, cifar_root):
+def test_two_workers_share_the_embedded_storage(tmp_path, tiny_space, small_root):
     run = tmp_path / "run"
-    r = search(run, tiny_space, cifar_root, "--workers", "2", "--n-trials", "6", "--pruner",
+    r = search(run, tiny_space, small_root, "--workers", "2", "--n-trials", "6", "--pruner",
                "none")
     assert r.returncode == 0, r.stderr
     _check_shared_study(load(run), 6, run)
@@ -144,11 +145,11 @@ def test_two_workers_share_the_embedded_storage(tmp_path, tiny_space, cifar_root
 
 @pytest.mark.skipif(not os.environ.get("CIFARTUNE_TEST_POSTGRES_URL"),
                     reason="set CIFARTUNE_TEST_POSTGRES_URL to test PostgreSQL storage")
-def test_two_workers_share_a_postgres_study(tmp_path, tiny_space, cifar_root):
+def test_two_workers_share_a_postgres_study(tmp_path, tiny_space, small_root):
     url = os.environ["CIFARTUNE_TEST_POSTGRES_URL"]
     run = tmp_path / f"pg-{uuid.uuid4().hex[:8]}"
     try:
-        r = search(run, tiny_space, cifar_root, "--workers", "2", "--n-trials", "6",
+        r = search(run, tiny_space, small_root, "--workers", "2", "--n-trials", "6",
                    "--pruner", "none", "--storage", url)
         assert r.returncode == 0, r.stderr
         _check_shared_study(load(run, url), 6, run)
@@ -158,7 +159,33 @@ def test_two_workers_share_a_postgres_study(tmp_path, tiny_space, cifar_root):
             optuna.delete_study(study_name=run.name, storage=url)
 
 
-def test_diverging_trial_is_failed_and_the_search_goes_on(tmp_path, cifar_root):
+@pytest.mark.skipif(not os.environ.get("CIFARTUNE_TEST_POSTGRES_URL"),
+                    reason="set CIFARTUNE_TEST_POSTGRES_URL to test PostgreSQL storage")
+def test_two_machines_on_one_postgres_study_never_repeat_parameters(tmp_path, tiny_space,
+                                                                    small_root):
+    """The README's scale-out line, run by two processes at once (each its own run folder,
+    as on two machines): one baseline, and no configuration drawn twice."""
+    url = os.environ["CIFARTUNE_TEST_POSTGRES_URL"]
+    study = f"pg-{uuid.uuid4().hex[:8]}"
+    args = ("--storage", url, "--study", study, "--n-trials", "6", "--workers", "1",
+            "--sampler", "random", "--pruner", "none", "--set", "epochs=1")
+    try:
+        procs = [search(tmp_path / f"machine{i}", tiny_space, small_root, *args, wait=False)
+                 for i in range(2)]
+        for p in procs:
+            _, err = p.communicate(timeout=600)
+            assert p.returncode == 0, err
+        trials = load(tmp_path / "x", url, study).get_trials()
+        params = [tuple(sorted(t.params.items())) for t in trials]
+        assert len(params) >= 6 and len(set(params)) == len(params), params
+        assert [t.user_attrs.get("role") for t in trials].count("baseline") == 1
+        assert len({t.user_attrs["worker"] for t in trials}) == 2  # both machines worked
+    finally:
+        with contextlib.suppress(KeyError):
+            optuna.delete_study(study_name=study, storage=url)
+
+
+def test_diverging_trial_is_failed_and_the_search_goes_on(tmp_path, small_root):
     space = tmp_path / "div.toml"
     space.write_text("""
 [params.lr]
@@ -171,7 +198,7 @@ momentum = 0.9
 precision = "fp32"
 """)
     # seed 0 draws both choices within 5 trials (seed 3, say, draws 0.05 six times running)
-    r = search(tmp_path / "run", space, cifar_root, "--sampler", "random", "--seed", "0",
+    r = search(tmp_path / "run", space, small_root, "--sampler", "random", "--seed", "0",
                "--n-trials", "5", "--pruner", "none")
     assert r.returncode == 0, r.stderr
     study = load(tmp_path / "run")
@@ -182,9 +209,9 @@ precision = "fp32"
     assert all(t.params["lr"] == 1e12 for t in failed)
 
 
-def test_ctrl_c_stops_cleanly_and_rerun_resumes(tmp_path, tiny_space, cifar_root):
+def test_ctrl_c_stops_cleanly_and_rerun_resumes(tmp_path, tiny_space, small_root):
     run = tmp_path / "run"
-    proc = search(run, tiny_space, cifar_root, "--n-trials", "5", "--pruner", "none",
+    proc = search(run, tiny_space, small_root, "--n-trials", "5", "--pruner", "none",
                   wait=False)
     _wait_for(lambda: len(_complete(run)) >= 1)
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
@@ -192,18 +219,19 @@ def test_ctrl_c_stops_cleanly_and_rerun_resumes(tmp_path, tiny_space, cifar_root
     assert proc.returncode == 130 and "rerun the same command to resume" in err
     assert "Traceback" not in err
     assert not [t for t in load(run).get_trials() if t.state == TrialState.RUNNING]
-    r = search(run, tiny_space, cifar_root, "--n-trials", "5", "--pruner", "none")
+    r = search(run, tiny_space, small_root, "--n-trials", "5", "--pruner", "none")
     assert r.returncode == 0, r.stderr
     c = states(load(run))
     assert c["COMPLETE"] == 5
 
 
-def test_best_ensemble_final_and_memory(tmp_path, tiny_space, cifar_root, capsys):
+def test_best_ensemble_final_and_memory(tmp_path, tiny_space, small_root, capsys):
     run = tmp_path / "run"
-    r = search(run, tiny_space, cifar_root, "--n-trials", "4", "--pruner", "none",
+    r = search(run, tiny_space, small_root, "--n-trials", "4", "--pruner", "none",
                "--keep-top", "2", "--final")
     assert r.returncode == 0, r.stderr
     assert "final model" in r.stdout and "lossless" in r.stdout
+    assert "baseline (trial 0)" in r.stdout and "winner:" in r.stdout
     final = json.loads((run / "final" / "metrics.json").read_text())
     assert final["n_test"] == 300 and "test_accuracy_lossless" in final
     study = load(run)
@@ -214,10 +242,15 @@ def test_best_ensemble_final_and_memory(tmp_path, tiny_space, cifar_root, capsys
 
     assert main(["best", str(run)]) == 0
     best = tmp_path / "best.toml"
-    best.write_text(capsys.readouterr().out)
+    text = capsys.readouterr().out
+    best.write_text(text)
+    assert "# baseline (trial 0):" in text
     config = resolve_config(files=[best])
-    top = max((t for t in study.get_trials() if t.value is not None), key=lambda t: t.value)
-    assert config.optim.lr == pytest.approx(top.params["lr"])
+    v = verdict(study.get_trials())
+    assert final["winner_trial"] == v.winner.number
+    winner = resolve_config(files=[run / "trials" / f"{v.winner.number:04d}" / "config.toml"])
+    assert config.optim.lr == winner.optim.lr
+    assert config.train.label_smoothing == winner.train.label_smoothing
     assert config.data.val_size == 0 and config.data.train_limit == 0
 
     assert main(["ensemble", str(run), "--top", "2"]) == 0
@@ -227,10 +260,91 @@ def test_best_ensemble_final_and_memory(tmp_path, tiny_space, cifar_root, capsys
     assert len(m["members"]) == 2 and 0 < m["test_accuracy"] <= 1
 
 
-def test_malformed_space_file_exits_2_with_one_line(tmp_path, cifar_root):
+def test_trial_0_of_every_new_study_is_the_base_configuration(tmp_path, tiny_space,
+                                                               small_root):
+    run = tmp_path / "run"
+    args = ("--set", "optim.momentum=0.7", "--sampler", "random", "--pruner", "none")
+    r = search(run, tiny_space, small_root, "--n-trials", "2", *args)
+    assert r.returncode == 0, r.stderr
+    r = search(run, tiny_space, small_root, "--n-trials", "3", *args)  # resumed
+    assert r.returncode == 0, r.stderr
+    trials = load(run).get_trials()
+    assert [t.user_attrs.get("role") for t in trials] == ["baseline", None, None]
+    base = resolve_config(overrides=["optim.momentum=0.7"])  # the command's base config
+    assert trials[0].params == {"lr": base.optim.lr,
+                                "label_smoothing": base.train.label_smoothing}
+    # it trained exactly the base (with the space's [fixed] and --set), at the target
+    config = resolve_config(files=[run / "trials" / "0000" / "config.toml"])
+    assert (config.optim.lr, config.optim.momentum, config.train.epochs) == (
+        base.optim.lr, 0.7, 3.0)
+    assert trials[0].state == TrialState.COMPLETE
+    assert "baseline (trial 0)" in r.stdout
+
+
+def test_the_winner_must_beat_the_baseline_beyond_noise(tmp_path, tiny_space, small_root):
+    """The verdict compares the best trial with the baseline image by image on the same
+    validation split, and names it the winner only beyond the noise of that comparison."""
+    run = tmp_path / "run"
+    r = search(run, tiny_space, small_root, "--n-trials", "4", "--pruner", "none")
+    assert r.returncode == 0, r.stderr
+    trials = load(run).get_trials()
+    v = verdict(trials)
+    base, best = trials[0], v.best
+    n = 400  # the tiny space's validation split
+    correct = {t.number: unpack_correct(t.user_attrs["val_correct"]) for t in trials}
+    assert all(len(c) == n and c.mean() == pytest.approx(t.value)
+               for t, c in zip(trials, correct.values(), strict=True))
+    d = correct[best.number].astype(float) - correct[base.number].astype(float)
+    assert v.diff == pytest.approx(d.mean())
+    if best.number != base.number:
+        assert v.se == pytest.approx(d.std(ddof=1) / n ** 0.5)
+        assert (v.winner.number == best.number) == (d.mean() > v.z * v.se)
+    else:
+        assert v.winner.number == base.number
+
+
+def test_resumed_search_never_repeats_parameters(tmp_path, tiny_space, small_root):
+    """A 2-trial search extended to 4 with the same command: 4 different configurations,
+    with or without --seed (each trial is seeded by its number)."""
+    for seed in ([], ["--seed", "3"]):
+        run = tmp_path / f"run{len(seed)}"
+        for n in ("2", "4"):
+            r = search(run, tiny_space, small_root, "--sampler", "random", "--pruner", "none",
+                       "--n-trials", n, "--set", "epochs=1", *seed)
+            assert r.returncode == 0, r.stderr
+        params = [tuple(sorted(t.params.items())) for t in load(run).get_trials()]
+        assert len(params) == 4 and len(set(params)) == 4, params
+
+
+def test_final_trains_the_winner_at_the_target_on_all_images(tmp_path, small_root):
+    """Trials first train at a cheap rung (1 epoch on 300 images); the winner's final model
+    trains the target's 2 epochs on every training image (all 1,400 of the data folder; its
+    validation score came from 2 epochs on the 1,000 not held out)."""
+    space = tmp_path / "rungs.toml"
+    space.write_text("rungs = [{ epochs = 1, train_limit = 300 }]\n"
+                     + TINY_SPACE.replace("epochs = 3", "epochs = 2"))
+    run = tmp_path / "run"
+    r = search(run, space, small_root, "--n-trials", "3", "--sampler", "random", "--final")
+    assert r.returncode == 0, r.stderr
+    study = load(run)
+    for t in study.get_trials():
+        assert len(t.user_attrs["rung_scores"]) == 1  # every trial was screened at the rung
+        curve = json.loads((run / "trials" / f"{t.number:04d}" / "curve.json").read_text())
+        stages = [c["stage"] for c in curve]
+        assert stages[0] == "rung 1"
+        if t.state == TrialState.COMPLETE:
+            assert stages == ["rung 1", "target", "target"]
+    final = json.loads((run / "final" / "metrics.json").read_text())
+    assert final["epochs"] == 2.0 and len(final["history"]) == 2
+    assert final["train_images_seen"] == 2 * 1400  # all training images, no split held out
+    config = resolve_config(files=[run / "final" / "config.toml"])
+    assert config.data.val_size == 0 and config.data.train_limit == 0
+
+
+def test_malformed_space_file_exits_2_with_one_line(tmp_path, small_root):
     bad = tmp_path / "bad.toml"
     bad.write_text("[params.lr]\ntype = 'float'\nlow = 1.0\nhigh = 0.1\n")
-    r = search(tmp_path / "run", bad, cifar_root, "--n-trials", "1")
+    r = search(tmp_path / "run", bad, small_root, "--n-trials", "1")
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "must be below high" in r.stderr
     assert not (tmp_path / "run").exists()

@@ -10,7 +10,14 @@ from rich.table import Table
 
 from cifartune.cli import _progress as ui
 from cifartune.search import SearchSpace, Snapshot
-from cifartune.search.trial import ATTR_EPOCHS, ATTR_REASON, ATTR_SECONDS, val_curve
+from cifartune.search.trial import (
+    ATTR_EPOCHS,
+    ATTR_REASON,
+    ATTR_RUNG_SCORES,
+    ATTR_SECONDS,
+    is_baseline,
+    val_curve,
+)
 
 MAX_ROWS = 15  # trials shown: the running ones and the most recent
 MAX_PARAMS = 6  # parameter columns
@@ -31,8 +38,12 @@ def trial_time(t: FrozenTrial) -> str:
 
 
 def value_of(t: FrozenTrial) -> str:
+    """The target score; else the last rung's score ("r1"); else the last epoch's ("*")."""
     if t.state == TrialState.COMPLETE and t.value is not None:
         return ui.pct(t.value)
+    rungs = t.user_attrs.get(ATTR_RUNG_SCORES)
+    if rungs:
+        return f"{ui.pct(rungs[-1])} r{len(rungs)}"
     curve = val_curve(t)
     if curve:  # pruned or running: last per-epoch validation accuracy
         return ui.pct(curve[-1]) + "*"
@@ -43,6 +54,8 @@ def header(s: Snapshot, space: SearchSpace) -> str:
     c = s.counts
     best = (f"best: trial {s.best.number}, {ui.pct(s.best.value)}" if s.best
             else "best: none yet")
+    if s.baseline is not None:
+        best = f"baseline {ui.pct(s.baseline.value)}; {best}"
     eta = f", ETA {ui.duration(s.eta)}" if s.eta is not None else ""
     return (f"[{space.name}] {c.complete} complete, {c.pruned} pruned, {c.failed} failed, "
             f"{c.running} running; {c.epochs:.0f} epochs spent; {best}; "
@@ -62,7 +75,8 @@ def table(s: Snapshot, space: SearchSpace) -> Table:
         params = space.decode_params(x.params)
         state = x.state.name.lower()
         style = "bold green" if s.best and x.number == s.best.number else None
-        t.add_row(str(x.number), state, *[fmt(params.get(n, "-")) for n in names],
+        number = f"{x.number}{' base' if is_baseline(x) else ''}"
+        t.add_row(number, state, *[fmt(params.get(n, "-")) for n in names],
                   value_of(x), str(x.user_attrs.get(ATTR_EPOCHS, "")), trial_time(x),
                   style=style)
     return t
@@ -96,7 +110,8 @@ class SearchView:
                 reason = x.user_attrs.get(ATTR_REASON, "")
                 params = ", ".join(f"{k}={fmt(v)}"
                                    for k, v in self.space.decode_params(x.params).items())
-                ui.err.print(f"  trial {x.number} {x.state.name.lower()} {value_of(x)} "
+                base = " (baseline)" if is_baseline(x) else ""
+                ui.err.print(f"  trial {x.number}{base} {x.state.name.lower()} {value_of(x)} "
                              f"epochs {x.user_attrs.get(ATTR_EPOCHS, 0)} {trial_time(x)} "
                              f"[{params}] {reason}")
                 ui.err.print(f"  {header(s, self.space)}")

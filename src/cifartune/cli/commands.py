@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from cifartune.cli import _progress as ui
-from cifartune.config import Config, apply, describe_keys, resolve_config
+from cifartune.config import ALL_TRAINING_IMAGES, Config, apply, describe_keys, resolve_config
 from cifartune.data import Dataset, prepare_data
 from cifartune.errors import CifartuneError
 
@@ -95,7 +95,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     device = resolve_device("auto")
     ckpt = load_checkpoint(args.checkpoint, device)
     config = ckpt.config
-    overrides: dict = {"data.val_size": 0, "data.train_limit": 0}
+    overrides: dict = dict(ALL_TRAINING_IMAGES)
     if args.data:
         overrides["data.path"] = str(Path(args.data).expanduser().resolve())
     if args.tta is not None:

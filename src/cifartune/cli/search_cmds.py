@@ -15,7 +15,7 @@ from cifartune.cli.commands import (
     print_evaluation,
     resolve_args,
 )
-from cifartune.config import apply, parse_overrides
+from cifartune.config import all_training_images, apply, parse_overrides
 from cifartune.errors import CifartuneError
 
 DEFAULT_VAL_SIZE = 5000  # training images held out to score trials (never the test set)
@@ -27,12 +27,16 @@ def add_search_parser(sub) -> None:
     p = sub.add_parser(
         "search", help="hyperparameter search (resumable, parallel, shareable)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Search hyperparameters with Optuna, scoring each trial by its accuracy "
-        "on a validation split held out from the training set (default 5000 images). The study "
-        "lives in RUN/study.journal (or --storage URL); rerunning the same command resumes it. "
-        "--set holds a config key fixed for every trial, even one the space searches (e.g. "
-        "--set epochs=4 compares trials at equal length, which a pruner needs to judge them "
-        "fairly).",
+        description="Search hyperparameters with Optuna around a base configuration (the "
+        "space's preset, --preset, --config and --set), scoring every trial by its accuracy on "
+        "a validation split held out from the training set (default 5000 images) at the target "
+        "fidelity: the base's epochs on all other training images. Trial 0 is the base itself "
+        "(the baseline). With a space that has rungs (fast), each trial first trains at cheaper "
+        "fidelities and only the promising ones (the pruner decides) go on to the target. The "
+        "winner is the best trial if it beats the baseline by more than the noise of a "
+        "validation score, else the baseline. The study lives in RUN/study.journal (or "
+        "--storage URL); rerunning the same command resumes it. --set holds a config key fixed "
+        "for every trial, even one the space searches.",
         epilog="examples:\n"
         "  cifartune search --space fast --timeout 3600 --final\n"
         "  cifartune search --space seed --set epochs=2 --n-trials 3\n"
@@ -46,7 +50,10 @@ def add_search_parser(sub) -> None:
     p.add_argument("--sampler", default="tpe", choices=sorted(SAMPLERS),
                    help="random (the original's), tpe (default), gp or cmaes")
     p.add_argument("--pruner", default="asha", choices=PRUNERS,
-                   help="early stopping on per-epoch validation accuracy (default: asha)")
+                   help="which trials go on (default: asha, the top third). With rungs: it "
+                   "compares each rung's validation accuracy, and 'none' trains every trial "
+                   "straight at the target; without rungs: each epoch's value of the space's "
+                   "prune_on (validation accuracy, or the epoch's running training accuracy)")
     p.add_argument("--n-trials", type=int, default=0, help="trials in the study in all "
                    "(completed + pruned + failed), counting earlier runs")
     p.add_argument("--timeout", type=float, default=0, help="seconds: start no new trial "
@@ -58,11 +65,14 @@ def add_search_parser(sub) -> None:
     p.add_argument("--study", help="study name (default: the run folder's name)")
     p.add_argument("--workers", type=int, default=1, help="local worker processes (one per "
                    "GPU; on CPU the cores are split between them)")
-    p.add_argument("--seed", type=int, default=0, help="sampler seed (reproducible runs)")
+    p.add_argument("--seed", type=int, default=None, help="sampler seed: an uninterrupted "
+                   "one-worker search draws the same trials again (default: none; each trial "
+                   "is seeded by its number either way, so a resumed search, a restarted "
+                   "worker or another machine never draws a trial twice)")
     p.add_argument("--keep-top", type=int, default=0, metavar="K",
                    help="keep checkpoints of the best K trials only (default: keep all)")
-    p.add_argument("--final", action="store_true", help="then retrain the best configuration "
-                   "on all training images and evaluate it on the test set")
+    p.add_argument("--final", action="store_true", help="then train the winner at the "
+                   "target (its epochs) on all training images and evaluate it on the test set")
     p.add_argument("--report", action="store_true", help="finally write the HTML report "
                    "(RUN/report/index.html)")
     p.add_argument("--out", metavar="RUN", help="run folder (default: runs/search-<time>)")
@@ -105,9 +115,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     from cifartune.search import load_space, run_search
     from cifartune.search.samplers import make_sampler
 
-    base = resolve_args(args)
     # --set wins over the space: a searched parameter it names is held fixed, not searched.
     space = load_space(args.space).fix(parse_overrides(args.overrides))
+    args.preset = args.preset or space.preset or None  # the space's own base recipe
+    base = resolve_args(args)
     if not space.params:
         raise CifartuneError(f"--set fixes every parameter of space '{space.name}': nothing is "
                              "left to search; use 'cifartune train' for one configuration")
@@ -131,6 +142,18 @@ def cmd_search(args: argparse.Namespace) -> int:
                  f"{settings.storage or out / 'study.journal'}")
     for p in space.params:
         ui.err.print(f"  {p.describe()}")
+    for k, rung in enumerate(space.rungs if settings.pruner != "none" else []):
+        ui.err.print(f"  rung {k + 1}: " + ", ".join(f"{key}={v}" for key, v in rung.items()))
+    target = space.trial_config(base, {})
+    ui.err.print(f"  target: {target.train.epochs:g} epochs on all training images but the "
+                 f"{target.data.val_size} held out" + (f" (train_limit {target.data.train_limit})"
+                                                       if target.data.train_limit else ""))
+    base_values = space.values_of(base)
+    outside = [p.name for p in space.params
+               if p.name in base_values and not p.contains(base_values[p.name])]
+    if outside:
+        ui.err.print(f"note: the base configuration's {', '.join(outside)} lie outside the "
+                     "space; trial 0, the baseline, uses the base's values all the same")
     try:
         with SearchView(space) as view:
             snap = run_search(out, space, base, settings, on_poll=view)
@@ -158,36 +181,32 @@ def print_summary(out: Path, snap) -> None:
         return
     for line in terminal_summary(load_search(out), snap.trials):
         ui.out.print(line)
-    ui.out.print(f"best configuration: cifartune best {out} > best.toml; report: cifartune "
+    ui.out.print(f"winning configuration: cifartune best {out} > best.toml; report: cifartune "
                  f"report {out}")
 
 
 def final_run(out: Path) -> None:
-    """Retrain the best configuration on all training images; report on the test set."""
+    """Train the winner at the target on all training images; report on the test set."""
     from cifartune.models import create_model, model_stats
     from cifartune.search import best_config, load_run_study, load_search
-    from cifartune.train import train
-    from cifartune.train.run import evaluate_model, start_run, write_run
+    from cifartune.search.final import train_final
+    from cifartune.search.trial import is_baseline
 
     defn = load_search(out)
-    config, trial = best_config(defn, load_run_study(defn).get_trials(deepcopy=False))
-    final = out / "final"
-    ui.err.print(f"\nfinal: retraining trial {trial.number}'s configuration (validation "
-                 f"{ui.pct(trial.value)}) on all training images -> {final}")
-    start_run(final, config)
+    config, v = best_config(defn, load_run_study(defn).get_trials(deepcopy=False))
+    who = ("the base configuration (the baseline, trial 0)" if is_baseline(v.winner)
+           else f"trial {v.winner.number}'s configuration")
+    ui.err.print(f"\nfinal: training {who} (validation "
+                 f"{ui.pct(v.winner.value)}) for {config.train.epochs:g} epochs on all training "
+                 f"images -> {out / 'final'}")
     data = load_data(config)
     ui.err.print(f"model: {model_stats(create_model(config.model, data.num_classes)).describe()}")
     with ui.epoch_progress(config.train.epochs) as bar:
-        result = train(config, data, on_epoch=bar)
-    test, _ = evaluate_model(result.model, data.test, data.classes, config, result.device)
-    metrics = write_run(final, result, test)
-    metrics["best_trial"] = trial.number
-    metrics["best_val_accuracy"] = trial.value
-    (final / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    print_evaluation(test, f"final model (trial {trial.number}'s config, all training images) "
-                           f"on the test set, tta={config.train.tta}")
-    ui.out.print(f"best validation accuracy {ui.pct(trial.value)} (trial {trial.number}); "
-                 f"final training {ui.duration(result.train_seconds)}; wrote {final}")
+        fin = train_final(defn, config, v, data, on_epoch=bar)
+    print_evaluation(fin.test, f"final model ({who}, all training images) on the test set, "
+                               f"tta={config.train.tta}")
+    ui.out.print(f"{v.compared}\nwinner: {v.reason}\nfinal training "
+                 f"{ui.duration(fin.result.train_seconds)}; wrote {fin.folder}")
 
 
 def cmd_spaces(args: argparse.Namespace) -> int:
@@ -221,7 +240,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise CifartuneError("--top must be at least 1")
     defn = load_search(Path(args.run))
-    config = apply(defn.base, {"data.val_size": 0})
+    config = all_training_images(defn.base)
     if args.data:
         config = apply(config, {"data.path": str(Path(args.data).expanduser().resolve())})
     data = load_data(config)

@@ -24,19 +24,28 @@ class ReportResult:
 
 
 def _best_checkpoint(defn: SearchDefinition, data: ReportData) -> tuple[Path, str] | None:
+    """The final model if it belongs to the current winner; else the winner's (or the best
+    ranked) trial checkpoint. A final model of an earlier winner is not shown."""
+    from cifartune.search.final import final_checkpoint
     from cifartune.search.trial import trial_dir
     from cifartune.train.checkpoint import WEIGHTS
 
-    final = defn.run_dir / "final" / WEIGHTS
-    if final.exists():
-        return final, ("Final model: the best configuration retrained on all training images "
-                       "(cifartune search --final), evaluated on the test set.")
-    for row in data.top:
-        path = trial_dir(defn.run_dir, row.number) / WEIGHTS
+    if data.verdict is None:
+        return None
+    winner = data.verdict.winner.number
+    final = final_checkpoint(defn.run_dir, winner)
+    if final is not None:
+        return final, (f"Final model: the winner's configuration (trial {winner}) trained on "
+                       "all training images (cifartune search --final), evaluated on the "
+                       "test set.")
+    numbers = [winner] + [r.number for r in data.top if r.number != winner]
+    for n in numbers:
+        path = trial_dir(defn.run_dir, n) / WEIGHTS
         if path.exists():
-            return path, (f"Best trial with a checkpoint: trial {row.number} (trained without "
-                          "its validation split), evaluated on the test set. Run "
-                          "'cifartune search ... --final' to retrain it on all images.")
+            which = "the winner" if n == winner else "the best ranked trial with a checkpoint"
+            return path, (f"Trial {n}, {which}, as trained in the search (without its "
+                          "validation split), evaluated on the test set. Run 'cifartune "
+                          "search ... --final' to train the winner on all images.")
     return None
 
 
@@ -53,7 +62,7 @@ def _read_cache(path: Path, key: str, n: int) -> np.ndarray | None:
 def best_model(defn: SearchDefinition, data: ReportData,
                folder: Path) -> BestModelData | None:
     """Evaluate the best model on the test set (logits cached per checkpoint version)."""
-    from cifartune.config import apply
+    from cifartune.config import all_training_images
     from cifartune.data import prepare_data
     from cifartune.train import resolve_device
     from cifartune.train.checkpoint import atomic_write, load_checkpoint
@@ -65,7 +74,7 @@ def best_model(defn: SearchDefinition, data: ReportData,
         return None
     path, source = found
     ckpt = load_checkpoint(path, resolve_device("auto"))
-    test = prepare_data(apply(ckpt.config, {"data.val_size": 0, "data.train_limit": 0}).data).test
+    test = prepare_data(all_training_images(ckpt.config).data).test
     cache = folder / "best_logits.npz"
     key = f"{path.resolve()}:{path.stat().st_mtime_ns}"
     cached = _read_cache(cache, key, len(test))
@@ -105,21 +114,25 @@ def build_report(run_dir: str | Path, with_model: bool = True) -> ReportResult:
 
 
 def terminal_summary(defn: SearchDefinition, trials) -> list[str]:
-    """Top-5 trials and the 3 most important parameters, as lines for the terminal."""
-    from cifartune.report.data import importances, ranked, trial_rows
+    """Baseline against best (same fidelity, difference and its SE), the winner, the top-5
+    trials and the 3 most important parameters, as lines for the terminal."""
+    from cifartune.report.data import compute
 
-    rows = trial_rows(defn, trials)
-    lines = ["top trials (validation accuracy):"]
-    for r in ranked(rows, 5):
+    d = compute(defn, trials)
+    lines = []
+    if d.verdict is not None:
+        lines += [d.verdict.compared, f"winner: {d.verdict.reason}"]
+    lines.append("top trials (validation accuracy at the target):")
+    for r in d.top[:5]:
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                            for k, v in r.params.items())
-        lines.append(f"  #{r.number:<4d} {r.value:.2%}  {params}")
-    imp, note = importances(defn, trials, rows)
-    if imp:
-        top3 = ", ".join(f"{k} ({v:.2f})" for k, v in list(imp.items())[:3])
+        lines.append(f"  #{r.number:<4d} {r.value:.2%}  {params}"
+                     + ("  (baseline)" if r.baseline else ""))
+    if d.importances:
+        top3 = ", ".join(f"{k} ({v:.2f})" for k, v in list(d.importances.items())[:3])
         lines.append(f"most important parameters (fANOVA): {top3}")
     else:
-        lines.append(note)
+        lines.append(d.importance_note)
     return lines
 
 

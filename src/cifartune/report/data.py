@@ -11,7 +11,15 @@ import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
 from cifartune.search.study import SearchDefinition
-from cifartune.search.trial import ATTR_EPOCHS, ATTR_REASON, ATTR_SECONDS, val_curve
+from cifartune.search.trial import (
+    ATTR_EPOCHS,
+    ATTR_REASON,
+    ATTR_RUNG_SCORES,
+    ATTR_SECONDS,
+    is_baseline,
+    val_curve,
+)
+from cifartune.search.winner import Verdict, paired, ranked, verdict
 
 TOP_N = 10
 MIN_TRIALS_FOR_IMPORTANCE = 3  # fANOVA needs a few completed trials with varied params
@@ -29,6 +37,9 @@ class TrialRow:
     curve: list[float] = field(default_factory=list)  # per-epoch validation accuracy
     started: float | None = None  # unix time
     finished: float | None = None
+    baseline: bool = False  # trial 0, the base configuration
+    rung_scores: list[float] = field(default_factory=list)  # validation accuracy per rung
+    score: float | None = None  # what the impact figures compare (see `screening_score`)
 
 
 @dataclass
@@ -53,6 +64,19 @@ class ContourData:
 
 
 @dataclass
+class Finalist:
+    """A trial scored at the target, against the baseline on the same validation images."""
+
+    number: int
+    value: float  # validation accuracy at the target
+    baseline: bool
+    winner: bool
+    diff: float | None  # minus the baseline's value
+    se: float | None  # paired standard error of diff
+    rung_scores: list[float]
+
+
+@dataclass
 class ReportData:
     run_dir: Path
     trials: list[TrialRow]
@@ -64,10 +88,31 @@ class ReportData:
     slices: list[SliceData]
     parallel_params: list[str]
     contour: ContourData | None
+    finalists: list[Finalist] = field(default_factory=list)  # best first
+    verdict: Verdict | None = None
+    score_note: str = ""  # what `TrialRow.score` is, in words
 
     @property
     def complete(self) -> list[TrialRow]:
         return [t for t in self.trials if t.state == "complete"]
+
+
+def screening_score(defn: SearchDefinition, t: FrozenTrial) -> float | None:
+    """With rungs, every trial's first-rung validation accuracy (most trials stop there, so
+    the impact of each parameter is read off many more trials than reach the target); without
+    rungs, the completed trials' target scores."""
+    if defn.space.rungs and defn.settings.pruner != "none":
+        scores = t.user_attrs.get(ATTR_RUNG_SCORES)
+        return float(scores[0]) if scores else None
+    return t.value if t.state == TrialState.COMPLETE else None
+
+
+def score_note(defn: SearchDefinition) -> str:
+    if defn.space.rungs and defn.settings.pruner != "none":
+        rung = ", ".join(f"{k}={v}" for k, v in defn.space.rungs[0].items())
+        return (f"validation accuracy at rung 1 ({rung}), which every trial reaches; the "
+                "winner is chosen at the target")
+    return "validation accuracy at the target, of the completed trials"
 
 
 def trial_rows(defn: SearchDefinition, trials: list[FrozenTrial]) -> list[TrialRow]:
@@ -83,13 +128,26 @@ def trial_rows(defn: SearchDefinition, trials: list[FrozenTrial]) -> list[TrialR
             params=defn.space.decode_params(t.params),
             epochs=float(t.user_attrs.get(ATTR_EPOCHS, 0)), seconds=seconds,
             reason=str(t.user_attrs.get(ATTR_REASON, "")), curve=curve, started=start,
-            finished=end))
+            finished=end, baseline=is_baseline(t),
+            rung_scores=list(t.user_attrs.get(ATTR_RUNG_SCORES, [])),
+            score=screening_score(defn, t)))
     return rows
 
 
-def ranked(rows: list[TrialRow], n: int) -> list[TrialRow]:
-    """The n completed trials with the highest validation accuracy, best first."""
-    return sorted((r for r in rows if r.value is not None), key=lambda r: -r.value)[:n]
+def top_rows(rows: list[TrialRow], trials: list[FrozenTrial], n: int) -> list[TrialRow]:
+    """The rows of the n best completed trials (search.winner.ranked's order)."""
+    by = {r.number: r for r in rows}
+    return [by[t.number] for t in ranked(trials)[:n]]
+
+
+def finalists(trials: list[FrozenTrial], v: Verdict | None) -> list[Finalist]:
+    out = []
+    for t in ranked(trials):
+        diff, se = paired(t, v.baseline) if v and v.baseline else (None, None)
+        out.append(Finalist(t.number, t.value, is_baseline(t), bool(v and v.winner.number ==
+                                                                        t.number),
+                            diff, se, list(t.user_attrs.get(ATTR_RUNG_SCORES, []))))
+    return out
 
 
 def best_history(rows: list[TrialRow]) -> list[tuple[int, float, float]]:
@@ -108,36 +166,39 @@ def best_history(rows: list[TrialRow]) -> list[tuple[int, float, float]]:
 
 def importances(defn: SearchDefinition, trials: list[FrozenTrial],
                 rows: list[TrialRow]) -> tuple[dict[str, float] | None, str]:
-    """fANOVA importances of the parameters for validation accuracy, most important first."""
+    """fANOVA importances of the parameters for the trials' scores (`screening_score`),
+    most important first."""
     import optuna
 
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    if len(complete) < MIN_TRIALS_FOR_IMPORTANCE:
-        return None, (f"importance needs at least {MIN_TRIALS_FOR_IMPORTANCE} completed trials "
-                      f"(have {len(complete)})")
-    # Only parameters every completed trial has (conditional ones may be missing): Optuna
-    # would otherwise drop the trials lacking any of them.
+    score = {r.number: r.score for r in rows if r.score is not None}
+    scored = [t for t in trials if t.number in score]
+    if len(scored) < MIN_TRIALS_FOR_IMPORTANCE:
+        return None, (f"importance needs at least {MIN_TRIALS_FOR_IMPORTANCE} scored trials "
+                      f"(have {len(scored)})")
+    # Only parameters every scored trial has (conditional ones may be missing, and the
+    # baseline lacks values the space cannot hold): Optuna would drop the trials lacking any.
     varied = [p.name for p in defn.space.params
-              if all(p.name in t.params for t in complete)
-              and len({repr(t.params[p.name]) for t in complete}) > 1]
+              if all(p.name in t.params for t in scored)
+              and len({repr(t.params[p.name]) for t in scored}) > 1]
     if not varied:
-        return None, "no parameter present in every completed trial varied between them"
+        return None, "no parameter present in every scored trial varied between them"
     study = optuna.create_study(direction="maximize")
-    study.add_trials(complete)
+    study.add_trials([optuna.trial.create_trial(params=t.params, distributions=t.distributions,
+                                                value=score[t.number]) for t in scored])
     try:
         imp = optuna.importance.get_param_importances(
             study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=varied)
     except (ValueError, RuntimeError) as e:
         return None, f"importance could not be computed ({e})"
-    return dict(imp), (f"fANOVA (Optuna's FanovaImportanceEvaluator) over {len(complete)} "
-                       "completed trials")
+    return dict(imp), (f"fANOVA (Optuna's FanovaImportanceEvaluator) over {len(scored)} "
+                       f"trials' {score_note(defn)}")
 
 
 def slices(defn: SearchDefinition, rows: list[TrialRow]) -> list[SliceData]:
     out = []
-    done = [r for r in rows if r.value is not None]
+    done = [r for r in rows if r.score is not None]
     for p in defn.space.params:
-        pts = [(r.params[p.name], r.value) for r in done if p.name in r.params]
+        pts = [(r.params[p.name], r.score) for r in done if p.name in r.params]
         x = [v if p.kind != "categorical" else str(v) for v, _ in pts]
         out.append(SliceData(p.name, p.kind, p.log, x, [a for _, a in pts],
                              [str(c) for c in p.choices]))
@@ -152,8 +213,8 @@ def contour(defn: SearchDefinition, rows: list[TrialRow],
     if len(order) < 2:
         return None
     a, b = order[:2]
-    pts = [(r.params[a], r.params[b], r.value) for r in rows
-           if r.value is not None and a in r.params and b in r.params]
+    pts = [(r.params[a], r.params[b], r.score) for r in rows
+           if r.score is not None and a in r.params and b in r.params]
     if len(pts) < 3:
         return None
     xs, ys, zs = (list(v) for v in zip(*pts, strict=True))
@@ -166,11 +227,13 @@ def compute(defn: SearchDefinition, trials: list[FrozenTrial]) -> ReportData:
     for r in rows:
         counts[r.state] = counts.get(r.state, 0) + 1
     imp, note = importances(defn, trials, rows)
+    v = verdict(trials)
     return ReportData(
         run_dir=defn.run_dir, trials=rows, counts=counts, best_history=best_history(rows),
-        top=ranked(rows, TOP_N), importances=imp, importance_note=note,
+        top=top_rows(rows, trials, TOP_N), importances=imp, importance_note=note,
         slices=slices(defn, rows), parallel_params=[p.name for p in defn.space.params],
-        contour=contour(defn, rows, imp))
+        contour=contour(defn, rows, imp), finalists=finalists(trials, v), verdict=v,
+        score_note=score_note(defn))
 
 
 # ----------------------------------------------------------------------------- best model

@@ -50,6 +50,10 @@ def history(d: ReportData):
         a.step(nums, best, where="post", color="black", label="best so far")
         b.step(np.array(secs) / 60, best, where="post", color="black")
         b.scatter(np.array(secs) / 60, [t for t in best], s=10, color="black")
+    base = next((t for t in done if t.baseline), None)
+    if base is not None:  # what the search must beat: the base configuration, trial 0
+        for ax in (a, b):
+            ax.axhline(base.value, ls="--", lw=1, color="#d62728", label="baseline")
     a.set(title="Best validation accuracy vs trial", xlabel="trial number",
           ylabel="validation accuracy")
     b.set(title="Best validation accuracy vs time", xlabel="time since the search began (min)",
@@ -84,7 +88,7 @@ def slices(d: ReportData):
         _slice(ax, s)
     for ax in list(axes.flat)[len(items):]:
         ax.set_visible(False)
-    fig.suptitle("Validation accuracy against each hyperparameter (completed trials)")
+    fig.suptitle(f"Against each hyperparameter: {d.score_note}", fontsize=10)
     return fig
 
 
@@ -114,7 +118,7 @@ def _slice(ax, s: SliceData) -> None:
 def parallel(d: ReportData):
     """Parallel coordinates: one line per completed trial, coloured by accuracy."""
     plt = _plt()
-    done = [t for t in d.trials if t.value is not None]
+    done = [t for t in d.trials if t.score is not None]
     params = [p for p in d.parallel_params if any(p in t.params for t in done)]
     # Capped width: the page scales wider figures down until their text is unreadable.
     fig, ax = plt.subplots(figsize=(min(12, max(7, 1.0 * (len(params) + 1))), 5.2))
@@ -138,7 +142,7 @@ def parallel(d: ReportData):
             fmt = (lambda v: f"{10 ** v:.3g}") if s.log else (lambda v: f"{v:.3g}")
             labels = (fmt(lo), fmt(hi))
         axes_vals.append((p, norm, labels))
-    acc = np.array([t.value for t in done])
+    acc = np.array([t.score for t in done])
     cmap = plt.get_cmap("viridis")
     lo, hi = acc.min(), acc.max()
     for i in np.argsort(acc):
@@ -154,7 +158,7 @@ def parallel(d: ReportData):
     ax.text(len(axes_vals), 1.04, f"{hi:.1%}", ha="center", va="bottom", fontsize=8)
     ax.set_yticks([])
     ax.set_ylim(-0.2, 1.15)
-    ax.set_title("Parallel coordinates of completed trials (colour = validation accuracy)")
+    ax.set_title("Parallel coordinates of scored trials (colour = validation accuracy)")
     sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(lo, hi))
     fig.colorbar(sm, ax=ax, label="validation accuracy", format=lambda v, _: f"{v:.1%}")
     return fig

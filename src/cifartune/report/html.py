@@ -8,7 +8,7 @@ import html
 import time
 from pathlib import Path
 
-from cifartune.report.data import BestModelData, ReportData, TrialRow
+from cifartune.report.data import BestModelData, Finalist, ReportData, TrialRow
 
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, Segoe UI, sans-serif; margin: 2em auto;
@@ -53,6 +53,19 @@ def _trial_table(rows: list[TrialRow], params: list[str]) -> str:
     return "".join(out) + "</table></div>"
 
 
+def _finalist_table(rows: list[Finalist]) -> str:
+    out = ["<table><tr><th>trial</th><th class='l'>role</th><th>val accuracy (target)</th>"
+           "<th>vs baseline (points)</th><th>SE (points)</th><th>rung scores</th></tr>"]
+    for f in rows:
+        role = ("baseline" if f.baseline else "") + (" <b>winner</b>" if f.winner else "")
+        diff = "" if f.diff is None or f.baseline else f"{f.diff * 100:+.2f}"
+        se = "" if f.se is None or f.baseline else f"{f.se * 100:.2f}"
+        rungs = ", ".join(f"{x:.2%}" for x in f.rung_scores)
+        out.append(f"<tr><td>{f.number}</td><td class='l'>{role}</td><td>{f.value:.2%}</td>"
+                   f"<td>{diff}</td><td>{se}</td><td>{rungs}</td></tr>")
+    return "".join(out) + "</table>"
+
+
 def _param_cell(v) -> str:
     return f'<td class="list">{_fmt(v)}</td>' if isinstance(v, list) else f"<td>{_fmt(v)}</td>"
 
@@ -86,9 +99,15 @@ def render(d: ReportData, best: BestModelData | None, figs: dict[str, Path],
     counts = "".join(f"<span><b>{c.get(k, 0)}</b> {k}</span>"
                      for k in ("complete", "pruned", "fail", "running", "waiting"))
     overview = f'<p class="counts big">{counts}</p>'
-    if d.top:
-        overview += (f"<p>Best validation accuracy: <b>{d.top[0].value:.2%}</b> (trial "
-                     f"{d.top[0].number}).</p>")
+    if d.verdict is not None:
+        overview += (f"<p class='big'>{_e(d.verdict.compared)}</p><p>Winner: "
+                     f"<b>trial {d.verdict.winner.number}</b>: {_e(d.verdict.reason)}.</p>")
+        overview += ("<h3>Baseline and finalists</h3><p class='note'>Every trial that reached "
+                     "the target fidelity, scored on the same validation images as the "
+                     "baseline (trial 0, the base configuration). SE: standard error of the "
+                     "difference, paired over those images. A finalist wins only if it beats "
+                     f"the baseline by more than {d.verdict.z:.1f} SE.</p>"
+                     + _finalist_table(d.finalists))
     overview += "".join(_img(figs[k], k) for k in ("history",) if k in figs)
     overview += "<h3>Top trials</h3>" + (_trial_table(d.top, params) if d.top else
                                          "<p>No completed trial yet.</p>")
@@ -133,5 +152,5 @@ def render(d: ReportData, best: BestModelData | None, figs: dict[str, Path],
             + _section("1. Search overview", overview, "overview")
             + _section("2. Hyperparameter impact", impact, "impact")
             + _section("3. Learning curves", curves, "curves")
-            + _section("4. Best model", model, "model")
+            + _section("4. Winning model", model, "model")
             + "</body></html>")

@@ -1,7 +1,9 @@
 """Hyperparameter search on Optuna: spaces, samplers and pruners, persistent studies shared by
-local or remote workers, and what a search gives back (best config, ensembles)."""
+local or remote workers, and what a search gives back: the winner against the baseline (the
+base configuration, trial 0), its final model, ensembles."""
 
-from cifartune.search.results import best_config, best_toml, ensemble, ranked
+from cifartune.search.final import FinalRun, final_checkpoint, train_final
+from cifartune.search.results import best_config, best_toml, decide, ensemble
 from cifartune.search.runner import Snapshot, run_search
 from cifartune.search.samplers import PRUNERS, SAMPLERS, make_pruner, make_sampler
 from cifartune.search.space import Param, SearchSpace, SpaceError, builtin_spaces, load_space
@@ -12,8 +14,10 @@ from cifartune.search.study import (
     load_search,
     open_study,
 )
+from cifartune.search.winner import Verdict, baseline_of, paired, ranked, verdict
 
-__all__ = ["PRUNERS", "SAMPLERS", "Param", "SearchDefinition", "SearchSettings",
-           "SearchSpace", "Snapshot", "SpaceError", "best_config", "best_toml",
-           "builtin_spaces", "ensemble", "load_run_study", "load_search", "load_space",
-           "make_pruner", "make_sampler", "open_study", "ranked", "run_search"]
+__all__ = ["PRUNERS", "SAMPLERS", "FinalRun", "Param", "SearchDefinition", "SearchSettings",
+           "SearchSpace", "Snapshot", "SpaceError", "Verdict", "baseline_of", "best_config",
+           "best_toml", "builtin_spaces", "decide", "ensemble", "final_checkpoint",
+           "load_run_study", "load_search", "load_space", "make_pruner", "make_sampler",
+           "open_study", "paired", "ranked", "run_search", "train_final", "verdict"]

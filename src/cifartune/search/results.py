@@ -8,42 +8,46 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
-from cifartune.config import Config, apply
+from cifartune.config import Config, all_training_images
 from cifartune.data import Split
 from cifartune.errors import CifartuneError
 from cifartune.search.study import SearchDefinition
-from cifartune.search.trial import trial_dir
+from cifartune.search.trial import is_baseline, trial_dir
+from cifartune.search.winner import Verdict, ranked, verdict
 from cifartune.train.checkpoint import WEIGHTS, load_checkpoint
 from cifartune.train.evaluate import Evaluation, summarize
 from cifartune.train.run import evaluate_model
 
 
-def ranked(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    """Completed trials, best validation accuracy first."""
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    return sorted(done, key=lambda t: -t.value)
-
-
 def trial_config(defn: SearchDefinition, trial: FrozenTrial) -> Config:
-    return defn.space.trial_config(defn.base, defn.space.decode_params(trial.params))
+    return defn.space.trial_config(defn.base, defn.space.decode_params(trial.params)
+                                   if not is_baseline(trial) else defn.space.values_of(defn.base))
 
 
-def best_config(defn: SearchDefinition, trials: list[FrozenTrial]) -> tuple[Config, FrozenTrial]:
-    """The best trial's configuration, set to train on the whole training set."""
-    top = ranked(trials)
-    if not top:
+def decide(defn: SearchDefinition, trials: list[FrozenTrial]) -> Verdict:
+    """The search's verdict (see `winner.verdict`); a one-line error if no trial completed."""
+    v = verdict(trials)
+    if v is None:
         raise CifartuneError(f"{defn.run_dir} has no completed trial yet; let the search run "
                              "longer (or check failed trials' fail_reason)")
-    full_data = {"data.val_size": 0, "data.train_limit": 0}
-    return apply(trial_config(defn, top[0]), full_data), top[0]
+    return v
+
+
+def best_config(defn: SearchDefinition, trials: list[FrozenTrial]) -> tuple[Config, Verdict]:
+    """The winner's configuration, set to train on every training image (the final model)."""
+    v = decide(defn, trials)
+    return all_training_images(trial_config(defn, v.winner)), v
 
 
 def best_toml(defn: SearchDefinition, trials: list[FrozenTrial]) -> str:
-    config, t = best_config(defn, trials)
-    header = (f"# best of {len(ranked(trials))} completed trials in {defn.run_dir}: trial "
-              f"{t.number}, validation accuracy {t.value:.4f}\n"
+    config, v = best_config(defn, trials)
+    which = "the baseline (the base configuration)" if is_baseline(v.winner) else \
+        f"trial {v.winner.number}"
+    header = (f"# winner of {len(ranked(trials))} trials scored at the target in "
+              f"{defn.run_dir}: {which}, validation accuracy {v.winner.value:.4f}\n"
+              f"# {v.compared}\n# {v.reason}\n"
               f"# data.val_size and data.train_limit are 0 here, so 'cifartune train "
               f"--config' uses all training images\n")
     return header + config.to_toml()

@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from cifartune.config import Config
 from cifartune.search import _budget
 from cifartune.search.space import SearchSpace
-from cifartune.search.study import SearchSettings, max_epochs, open_study, save_search
+from cifartune.search.study import SearchSettings, open_study, save_search
+from cifartune.search.trial import ATTR_ROLE, ROLE_BASELINE, is_baseline
+from cifartune.search.winner import baseline_of, ranked
 
 MAX_RESTARTS = 5  # per worker slot: a worker that keeps crashing is given up on
 
@@ -30,16 +32,27 @@ class Snapshot:
 
     trials: list[FrozenTrial]
     counts: _budget.Counts
-    best: FrozenTrial | None
+    best: FrozenTrial | None  # best validation accuracy at the target so far
+    baseline: FrozenTrial | None  # trial 0, the base configuration, once scored
     elapsed: float  # seconds since this command started
     eta: float | None  # seconds left, when a budget allows an estimate
     workers: int  # worker processes alive
     events: list[str] = field(default_factory=list)  # recoveries, restarts since last poll
 
 
-def best_trial(trials: list[FrozenTrial]) -> FrozenTrial | None:
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    return max(done, key=lambda t: t.value) if done else None
+def enqueue_baseline(study: optuna.Study, space: SearchSpace, base: Config) -> bool:
+    """Make the base configuration the next trial of a study that has none yet (trial 0 of a
+    new study), so the search is measured against what the user had, on the same validation
+    images as every trial. Returns whether it was queued."""
+    if any(is_baseline(t) for t in study.get_trials(deepcopy=False)):
+        return False
+    values = space.values_of(base)
+    params = {p.name: p.encode(values[p.name]) for p in space.params
+              if p.name in values and p.contains(values[p.name])}
+    # skip_if_exists: a second machine starting the same search at once does not queue the
+    # same parameters again (the baseline is always trial 0 of a study started by one).
+    study.enqueue_trial(params, user_attrs={ATTR_ROLE: ROLE_BASELINE}, skip_if_exists=True)
+    return True
 
 
 def estimate_eta(c: _budget.Counts, trials: list[FrozenTrial], settings: SearchSettings,
@@ -148,10 +161,11 @@ def run_search(run_dir: Path, space: SearchSpace, base: Config, settings: Search
                poll_seconds: float = 2.0) -> Snapshot:
     """Run (or resume) the search in `run_dir` until its budget is spent."""
     save_search(run_dir, space, base, settings)
-    study = open_study(run_dir, settings, max_epochs(space, base))
+    study = open_study(run_dir, settings, space, base)
     start = time.time()
     deadline = start + settings.timeout if settings.timeout else 0.0
     recovered = _budget.recover_stale(study)  # trials left RUNNING by an earlier, killed run
+    enqueue_baseline(study, space, base)
     events = [f"trial {n}: its worker had died; failed and queued again" for n in recovered]
     workers = _Workers(run_dir, settings, deadline)
     for i in range(settings.workers):
@@ -179,5 +193,6 @@ def snapshot(study: optuna.Study, settings: SearchSettings, start: float, deadli
     trials = study.get_trials(deepcopy=False)
     counts = _budget.count(trials)
     elapsed = time.time() - start
-    return Snapshot(trials, counts, best_trial(trials), elapsed,
+    top = ranked(trials)
+    return Snapshot(trials, counts, top[0] if top else None, baseline_of(trials), elapsed,
                     estimate_eta(counts, trials, settings, elapsed, deadline), workers, events)

@@ -77,6 +77,22 @@ class Param:
                     return c
         return value
 
+    def suggest(self, trial) -> Any:
+        if self.kind == "float":
+            return trial.suggest_float(self.name, self.low, self.high, log=self.log,
+                                       step=self.step)
+        if self.kind == "int":
+            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log,
+                                     step=int(self.step or 1))
+        return self.decode(trial.suggest_categorical(self.name,
+                                                     [self.encode(c) for c in self.choices]))
+
+    def contains(self, value: Any) -> bool:
+        """Whether Optuna can record `value` for this parameter."""
+        if self.kind == "categorical":
+            return self.encode(value) in [self.encode(c) for c in self.choices]
+        return self.low <= value <= self.high
+
     def describe(self) -> str:
         if self.kind == "categorical":
             dom = "{" + ", ".join(toml_value(c) for c in self.choices) + "}"
@@ -98,21 +114,30 @@ class SearchSpace:
     rungs: list[dict[str, Any]] = field(default_factory=list)  # full key -> value, cheapest 1st
     preset: str = ""  # the base config's preset when the command names none ("" = defaults)
 
-    def suggest(self, trial) -> dict[str, Any]:
-        """Sample every active parameter from an Optuna trial; returns name -> value."""
+    def suggest(self, trial, given: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Sample every active parameter from an Optuna trial; returns name -> value.
+        Values in `given` (the baseline's) are used as they are; Optuna records those the
+        space can hold (the baseline enqueues them, so suggesting returns them)."""
         values: dict[str, Any] = {}
         for p in self.params:
             if any(values.get(k, _MISSING) not in allowed for k, allowed in p.when.items()):
                 continue
-            if p.kind == "float":
-                values[p.name] = trial.suggest_float(p.name, p.low, p.high, log=p.log,
-                                                     step=p.step)
-            elif p.kind == "int":
-                values[p.name] = trial.suggest_int(p.name, int(p.low), int(p.high), log=p.log,
-                                                   step=int(p.step or 1))
-            else:
-                raw = trial.suggest_categorical(p.name, [p.encode(c) for c in p.choices])
-                values[p.name] = p.decode(raw)
+            if given is not None and p.name in given:
+                values[p.name] = given[p.name]
+                if p.contains(given[p.name]):
+                    p.suggest(trial)
+                continue
+            values[p.name] = p.suggest(trial)
+        return values
+
+    def values_of(self, config: Config) -> dict[str, Any]:
+        """The values a config gives the space's active parameters (the baseline's params)."""
+        flat = flatten(apply(config, _canonical(self.fixed)).to_dict())
+        values: dict[str, Any] = {}
+        for p in self.params:
+            if any(values.get(k, _MISSING) not in allowed for k, allowed in p.when.items()):
+                continue
+            values[p.name] = flat[p.key]
         return values
 
     def decode_params(self, params: dict[str, Any]) -> dict[str, Any]:

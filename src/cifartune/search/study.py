@@ -37,7 +37,7 @@ class SearchSettings:
     storage: str = ""  # database URL; "" = the journal file in the run folder
     sampler: str = "tpe"
     pruner: str = "asha"
-    seed: int = 0
+    seed: int | None = None  # sampler seed; None: each trial seeded from the OS's entropy
     n_trials: int = 0  # 0 = no limit
     timeout: float = 0.0  # seconds for this command; 0 = no limit
     epoch_budget: float = 0.0  # total training epochs over all trials; 0 = no limit
@@ -69,13 +69,16 @@ def open_storage(run_dir: Path, url: str) -> optuna.storages.BaseStorage:
                              "'cifartune[postgres]' for PostgreSQL)") from None
 
 
-def open_study(run_dir: Path, settings: SearchSettings, max_epochs: int,
-               seed_offset: int = 0) -> optuna.Study:
+def open_study(run_dir: Path, settings: SearchSettings, space: SearchSpace,
+               base: Config) -> optuna.Study:
+    """The search's study (created if new). Every process opening it draws each trial's
+    parameters from a sampler seeded by the trial's number (see samplers.PerTrialSeed), so
+    processes sharing a study never repeat one another's draws."""
     storage = open_storage(run_dir, settings.storage)
     return optuna.create_study(
         study_name=settings.study, storage=storage, direction="maximize", load_if_exists=True,
-        sampler=make_sampler(settings.sampler, settings.seed + seed_offset),
-        pruner=make_pruner(settings.pruner, max_epochs))
+        sampler=make_sampler(settings.sampler, settings.seed),
+        pruner=make_pruner(settings.pruner, max_epochs(space, base), len(space.rungs)))
 
 
 def max_epochs(space: SearchSpace, base: Config) -> int:

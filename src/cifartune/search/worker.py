@@ -29,7 +29,7 @@ from cifartune.errors import CifartuneError, DivergenceError
 from cifartune.search import _budget
 from cifartune.search._budget import EXIT_USER_ERROR, machine_id, requeue
 from cifartune.search.results import prune_checkpoints
-from cifartune.search.study import SearchDefinition, load_search, max_epochs, open_study
+from cifartune.search.study import SearchDefinition, load_search, open_study
 from cifartune.search.trial import (
     ATTR_HEARTBEAT,
     ATTR_REASON,
@@ -88,8 +88,7 @@ Outcome = tuple[TrialState, float | None, str]  # state, value, failure reason
 def _outcome(trial: optuna.Trial, defn: SearchDefinition, data: TrialData) -> Outcome:
     """Run the trial; return its state, value and (for failures) the reason."""
     try:
-        return TrialState.COMPLETE, run_trial(trial, defn.space, defn.base, data,
-                                               defn.run_dir), ""
+        return TrialState.COMPLETE, run_trial(trial, defn, data), ""
     except optuna.TrialPruned:
         return TrialState.PRUNED, None, ""
     except (DivergenceError, CifartuneError) as e:
@@ -158,7 +157,8 @@ def _die_with_parent() -> None:
 
 
 def main(argv: list[str]) -> int:
-    run_dir, index, deadline = Path(argv[0]), int(argv[1]), float(argv[2])
+    # argv[1], the worker's index, names its log (the runner's business)
+    run_dir, deadline = Path(argv[0]), float(argv[2])
     _die_with_parent()
     threads = int(os.environ.get("CIFARTUNE_THREADS", "0"))
     if threads:
@@ -166,7 +166,7 @@ def main(argv: list[str]) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         defn = load_search(run_dir)
-        study = open_study(run_dir, defn.settings, max_epochs(defn.space, defn.base), index)
+        study = open_study(run_dir, defn.settings, defn.space, defn.base)
         data = TrialData()
         data(defn.space.trial_config(defn.base, {}).data)  # load (and check) the data now
     except CifartuneError as e:  # e.g. the data went missing: retrying will not help

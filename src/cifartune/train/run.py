@@ -63,6 +63,7 @@ def run_metrics(result: TrainResult, test: Evaluation, val: Evaluation | None = 
         "n_test_lossless": test.n_lossless,
         "val_accuracy": val.accuracy if val else None,
         "epochs": result.config.train.epochs,
+        "train_images_seen": result.images_seen,
         "train_seconds": result.train_seconds,
         "images_per_second": ips,
         "gflops_per_second": ips * TRAIN_FLOPS_FACTOR * result.stats.flops_per_image / 1e9,
@@ -83,10 +84,11 @@ def run_metrics(result: TrainResult, test: Evaluation, val: Evaluation | None = 
 
 
 def write_run(out_dir: Path, result: TrainResult, test: Evaluation,
-              val: Evaluation | None = None) -> dict:
-    """Checkpoint, metrics.json and confusion.csv; returns the metrics."""
+              val: Evaluation | None = None, extra: dict | None = None) -> dict:
+    """Checkpoint, metrics.json (with `extra` figures) and confusion.csv; returns the
+    metrics."""
     save_checkpoint(out_dir / WEIGHTS, result.model, result.config, result.classes)
-    metrics = run_metrics(result, test, val)
+    metrics = {**run_metrics(result, test, val), **(extra or {})}
     write_metrics(out_dir, metrics, test)
     return metrics
 

@@ -1,0 +1,62 @@
+"""The final model of a search: the winner trained exactly at the target (its epochs, every
+training image: no validation split held out) and evaluated on the test set, the only place a
+search touches it. It lives in `RUN/final/` and names the trial it belongs to, so a report
+shows it only while that trial is still the winner."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cifartune.config import Config
+from cifartune.data import Dataset, prepare_data
+from cifartune.search.study import SearchDefinition
+from cifartune.search.trial import is_baseline
+from cifartune.search.winner import Verdict
+from cifartune.train import EpochReport, Evaluation, TrainResult, train
+from cifartune.train.checkpoint import WEIGHTS
+from cifartune.train.run import evaluate_model, start_run, write_run
+
+FINAL = "final"
+
+
+@dataclass
+class FinalRun:
+    folder: Path
+    result: TrainResult
+    test: Evaluation
+    metrics: dict
+
+
+def train_final(defn: SearchDefinition, config: Config, verdict: Verdict,
+                data: Dataset | None = None,
+                on_epoch: Callable[[EpochReport], None] | None = None) -> FinalRun:
+    """Train `config` (the winner's, on all training images: `results.best_config`) into
+    RUN/final and evaluate it on the test set."""
+    folder = defn.run_dir / FINAL
+    start_run(folder, config)
+    data = data if data is not None else prepare_data(config.data)
+    result = train(config, data, on_epoch=on_epoch)
+    test, _ = evaluate_model(result.model, data.test, data.classes, config, result.device)
+    v = verdict
+    metrics = write_run(folder, result, test, extra={
+        "winner_trial": v.winner.number, "winner_is_baseline": is_baseline(v.winner),
+        "winner_val_accuracy": v.winner.value,
+        "baseline_val_accuracy": v.baseline.value if v.baseline else None,
+        "best_trial": v.best.number, "best_val_accuracy": v.best.value,
+        "difference": v.diff, "difference_se": v.se, "verdict": v.reason})
+    return FinalRun(folder, result, test, metrics)
+
+
+def final_checkpoint(run_dir: Path, winner: int) -> Path | None:
+    """RUN/final's checkpoint if it was trained from trial `winner`'s configuration."""
+    folder = run_dir / FINAL
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    # "best_trial" alone: a final written before the winner was recorded by name
+    trial = metrics.get("winner_trial", metrics.get("best_trial"))
+    return folder / WEIGHTS if trial == winner and (folder / WEIGHTS).exists() else None
