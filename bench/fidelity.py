@@ -26,7 +26,7 @@ from pathlib import Path
 import optuna
 from _results import append, machine, read_jsonl
 
-from cifartune.config import Config, apply, full_key, parse_overrides, resolve_config
+from cifartune.config import Config, apply, parse_overrides, resolve_config
 from cifartune.data import load_dataset, prepare
 from cifartune.search import SearchSpace, load_space
 from cifartune.train import train
@@ -46,7 +46,7 @@ FIDELITIES: dict[str, dict] = {
 def draw_configs(space: SearchSpace, base: Config, n: int, seed: int) -> list[dict]:
     """Configuration 0 is the base (its values of the searched keys); then n - 1 random
     draws from the space."""
-    flat = base_values(space, base)
+    flat = space.values_of(base)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     out = [flat]
     for _ in range(n - 1):
@@ -54,17 +54,6 @@ def draw_configs(space: SearchSpace, base: Config, n: int, seed: int) -> list[di
         out.append(space.suggest(trial))
         study.tell(trial, 0.0)
     return out
-
-
-def base_values(space: SearchSpace, base: Config) -> dict:
-    config = space.trial_config(base, {}).to_dict()
-    values = {}
-    for p in space.params:
-        node = config
-        for part in full_key(p.key).split("."):
-            node = node[part]
-        values[p.name] = node
-    return values
 
 
 def run_one(config: Config, raw, fidelity: str) -> dict:
@@ -84,7 +73,13 @@ def spearman(a: list[float], b: list[float]) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def table(rows: list[dict]) -> list[str]:
+def work(row: dict, epochs: float) -> float:
+    """Training images processed by a run (its data times its epochs)."""
+    return row["train_images"] * FIDELITIES[row["fidelity"]].get("train.epochs", epochs)
+
+
+def table(rows: list[dict], epochs: float) -> list[str]:
+    """`epochs`: the base's (the target's) epoch count."""
     by = {(r["config"], r["fidelity"]): r for r in rows}
     configs = sorted({r["config"] for r in rows})
     names = [f for f in FIDELITIES if any(r["fidelity"] == f for r in rows)]
@@ -97,8 +92,9 @@ def table(rows: list[dict]) -> list[str]:
         shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                           for k, v in params.items())
         lines.append(f"{c:>6d} " + " ".join(cells) + f"  {shown}{' (base)' if c == 0 else ''}")
-    lines += ["", f"{'fidelity':10s} {'configs':>7s} {'spearman':>9s} {'cost':>6s} "
-              f"{'base rank':>9s}  (cost: training seconds / the target's)"]
+    lines += ["", f"{'fidelity':10s} {'configs':>7s} {'spearman':>9s} {'work':>6s} "
+              f"{'time':>6s} {'base rank':>9s}  (work: training images processed, time: "
+              "training seconds, both as a fraction of the target's)"]
     target = {c: by[c, "target"] for c in configs if (c, "target") in by}
     t_secs = [r["train_seconds"] for r in target.values()]
     for f in names:
@@ -107,11 +103,14 @@ def table(rows: list[dict]) -> list[str]:
                        [target[c]["val_accuracy"] for c in both]) if len(both) > 2 else None
         secs = [by[c, f]["train_seconds"] for c in configs if (c, f) in by]
         cost = (sum(secs) / len(secs)) / (sum(t_secs) / len(t_secs)) if t_secs else None
+        share = (work(next(by[c, f] for c in configs if (c, f) in by), epochs)
+                 / work(next(iter(target.values())), epochs)) if target else None
         scores = sorted((by[c, f]["val_accuracy"] for c in configs if (c, f) in by),
                         reverse=True)
         rank = (scores.index(by[0, f]["val_accuracy"]) + 1) if (0, f) in by else None
         lines.append(f"{f:10s} {len(both):7d} "
                      f"{'-' if rho is None else f'{rho:.2f}':>9s} "
+                     f"{'-' if share is None else f'{share:.2f}':>6s} "
                      f"{'-' if cost is None else f'{cost:.2f}':>6s} "
                      f"{'-' if rank is None else f'{rank}/{len(scores)}':>9s}")
     return lines
@@ -160,7 +159,10 @@ def main() -> None:
                       f"{row['train_seconds']:.0f} s of training", flush=True)
     rows = [r for r in read_jsonl(results)
             if (r["space"], r.get("set", [])) == (args.space, args.set)]
-    print("\n".join(table(rows)))
+    space = load_space(args.space)
+    epochs = resolve_config(space.preset or None, overrides=args.set).train.epochs
+    print("\n".join(table(rows, epochs)))
+    print(f"measured on: {', '.join(sorted({r['cpu'] for r in rows}))}")
 
 
 if __name__ == "__main__":

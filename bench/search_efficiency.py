@@ -40,7 +40,10 @@ VAL_SIZE = 5000  # the main command's default validation split
 
 
 def finished_by(trials: list[FrozenTrial], start: float, budget: float) -> list[FrozenTrial]:
+    """Trials this arm started and finished inside its budget (an arm rerun after a stop
+    resumes its study: the earlier trials are not this measurement's)."""
     return [t for t in trials if t.state.is_finished() and t.datetime_complete is not None
+            and t.datetime_start is not None and t.datetime_start.timestamp() >= start - 1
             and t.datetime_complete.timestamp() - start <= budget]
 
 

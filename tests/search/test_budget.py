@@ -6,7 +6,7 @@ import time
 import optuna
 from optuna.trial import TrialState
 
-from cifartune.search import SearchSettings
+from cifartune.search import SearchSettings, verdict
 from cifartune.search._budget import (
     MAX_RETRIES,
     count,
@@ -80,3 +80,18 @@ def test_dead_worker_detection():
     assert after[0].state == after[2].state == TrialState.FAIL
     assert "died" in after[0].user_attrs["fail_reason"]
     assert [t.user_attrs["retry_of"] for t in after if t.state == TrialState.WAITING] == [0, 2]
+
+
+def test_an_interrupted_baseline_is_queued_again_as_the_baseline():
+    """Trial 0 (the base configuration) killed or interrupted mid-run: its retry must still be
+    the baseline, or the search would have nothing to judge its winner against."""
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({"x": 0.5}, user_attrs={"role": "baseline"})
+    t = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    study.tell(t, state=TrialState.FAIL)
+    assert requeue(study, t.number, t.params)
+    retry = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    assert retry.user_attrs == {"role": "baseline", "retry_of": 0}
+    assert retry.params == {"x": 0.5}
+    study.tell(retry, 0.7)
+    assert verdict(study.get_trials()).baseline.number == retry.number

@@ -126,6 +126,8 @@ def test_rungs_and_preset_parse_and_round_trip():
      "rungs must be a list of tables"),
     ("preset = 'huge'\n[params.lr]\ntype = 'float'\nlow = 0.1\nhigh = 0.5\n",
      "preset must be one of"),
+    ("rungs = [{ val_size = 100 }]\n[params.lr]\ntype = 'float'\nlow = 0.1\nhigh = 0.5\n",
+     "a rung cannot set data.val_size"),
 ])
 def test_malformed_spaces_give_one_line_errors(text, fragment):
     with pytest.raises(SpaceError, match=fragment) as e:
@@ -197,3 +199,22 @@ def test_resume_compares_spaces_by_meaning(tmp_path):
     for other in (space.fix({"lr": 0.1}), replace(space, prune_on="train_accuracy")):
         with pytest.raises(ConfigError, match="different space"):
             save_search(tmp_path, other, Config(), settings)
+
+
+def test_the_space_widens_to_hold_the_base_configuration():
+    """The baseline's values must be ones the samplers know, whatever --set or --config put
+    in the base: the range, the choices or the step grid widen to hold them."""
+    space = parse_space("[params.lr]\ntype = 'float'\nlow = 0.3\nhigh = 0.5\n"
+                        "[params.batch_size]\ntype = 'categorical'\nchoices = [500, 1000]\n"
+                        "[params.translate]\ntype = 'int'\nlow = 0\nhigh = 2\n"
+                        "[params.label_smoothing]\ntype = 'float'\nlow = 0.0\nhigh = 0.3\n"
+                        "step = 0.15\n", "w")
+    wide, widened = space.including_base(Config())  # lr 0.24, batch 2000, translate 2, ls 0.2
+    assert widened == ["lr", "batch_size", "label_smoothing"]
+    by = {p.name: p for p in wide.params}
+    assert (by["lr"].low, by["lr"].high) == (0.24, 0.5)
+    assert by["batch_size"].choices == (500, 1000, 2000)
+    assert by["label_smoothing"].step is None  # 0.2 is off the 0.15 grid
+    assert all(p.contains(v) for p, v in zip(wide.params, wide.values_of(Config()).values(),
+                                               strict=True))
+    assert wide.including_base(Config())[1] == []  # widening twice changes nothing

@@ -132,28 +132,15 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise CifartuneError("--set or the space's [fixed] sets data.val_size = 0: trials need "
                              "held-out training images to be scored on; set it above 0")
     # Bad data fails here, once, and a download happens once, not in every worker.
-    load_data(trial_config)
+    data = load_data(trial_config)
     if not settings.has_limit():
         ui.err.print("no --n-trials, --timeout or --epoch-budget: searching until Ctrl-C")
-    on = f" (on {space.prune_on})" if settings.pruner != "none" else ""
-    ui.err.print(f"search: space {space.name} ({len(space.params)} parameters), sampler "
-                 f"{settings.sampler}, pruner {settings.pruner}{on}, {settings.workers} worker(s); "
-                 f"run folder {out}; study '{settings.study}' in "
-                 f"{settings.storage or out / 'study.journal'}")
-    for p in space.params:
-        ui.err.print(f"  {p.describe()}")
-    for k, rung in enumerate(space.rungs if settings.pruner != "none" else []):
-        ui.err.print(f"  rung {k + 1}: " + ", ".join(f"{key}={v}" for key, v in rung.items()))
-    target = space.trial_config(base, {})
-    ui.err.print(f"  target: {target.train.epochs:g} epochs on all training images but the "
-                 f"{target.data.val_size} held out" + (f" (train_limit {target.data.train_limit})"
-                                                       if target.data.train_limit else ""))
-    base_values = space.values_of(base)
-    outside = [p.name for p in space.params
-               if p.name in base_values and not p.contains(base_values[p.name])]
-    if outside:
-        ui.err.print(f"note: the base configuration's {', '.join(outside)} lie outside the "
-                     "space; trial 0, the baseline, uses the base's values all the same")
+    space, widened = space.including_base(base)
+    for line in describe_search(space, base, settings, out, len(data.train)):
+        ui.err.print(line)
+    if widened:
+        ui.err.print(f"note: the base configuration's {', '.join(widened)} lay outside the "
+                     "space; widened to hold it, so trial 0 (the baseline) is in the space")
     try:
         with SearchView(space) as view:
             snap = run_search(out, space, base, settings, on_poll=view)
@@ -167,6 +154,36 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.report and snap.counts.complete:
         cmd_report(argparse.Namespace(run=str(out), no_model=False))
     return 0
+
+
+def describe_search(space, base, settings, out: Path, target_images: int) -> list[str]:
+    """What the search will do: sampler and pruner, parameters, rungs and the target."""
+    rungs = space.rungs if settings.pruner != "none" else []
+    on = "" if settings.pruner == "none" else " (on each rung's validation accuracy)" \
+        if rungs else f" (on each epoch's {space.prune_on})"
+    lines = [f"search: space {space.name} ({len(space.params)} parameters), sampler "
+             f"{settings.sampler}, pruner {settings.pruner}{on}, {settings.workers} worker(s); "
+             f"run folder {out}; study '{settings.study}' in "
+             f"{settings.storage or out / 'study.journal'}"]
+    lines += [f"  {p.describe()}" for p in space.params]
+    target = space.trial_config(base, {})
+
+    def work(config) -> float:  # training images processed
+        n = config.data.train_limit
+        return (min(n, target_images) if n else target_images) * config.train.epochs
+
+    for k, rung in enumerate(rungs):
+        cheaper = work(apply(target, rung)) / work(target)
+        lines.append(f"  rung {k + 1}: " + ", ".join(f"{key}={v}" for key, v in rung.items())
+                     + f" ({cheaper:.0%} of the target's training)")
+        if cheaper >= 1:
+            lines.append(f"note: rung {k + 1} is not cheaper than the target, so it only adds "
+                         "cost; drop it (--pruner none trains straight at the target)")
+    lines.append(f"  target: {target.train.epochs:g} epochs on {target_images} training "
+                 f"images (all but the {target.data.val_size} held out"
+                 + (f", train_limit {target.data.train_limit})" if target.data.train_limit
+                    else ")"))
+    return lines
 
 
 def print_summary(out: Path, snap) -> None:
@@ -194,11 +211,10 @@ def final_run(out: Path) -> None:
 
     defn = load_search(out)
     config, v = best_config(defn, load_run_study(defn).get_trials(deepcopy=False))
-    who = ("the base configuration (the baseline, trial 0)" if is_baseline(v.winner)
+    who = ("the base configuration (trial 0, the baseline)" if is_baseline(v.winner)
            else f"trial {v.winner.number}'s configuration")
-    ui.err.print(f"\nfinal: training {who} (validation "
-                 f"{ui.pct(v.winner.value)}) for {config.train.epochs:g} epochs on all training "
-                 f"images -> {out / 'final'}")
+    ui.err.print(f"\nfinal: training {who}, validation {ui.pct(v.winner.value)}, for "
+                 f"{config.train.epochs:g} epochs on all training images -> {out / 'final'}")
     data = load_data(config)
     ui.err.print(f"model: {model_stats(create_model(config.model, data.num_classes)).describe()}")
     with ui.epoch_progress(config.train.epochs) as bar:

@@ -44,7 +44,11 @@ def history(d: ReportData):
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
     done = [t for t in d.trials if t.value is not None]
     a.scatter([t.number for t in done], [t.value for t in done], s=14, alpha=0.6,
-              label="completed trial")
+              label="completed trial (target)")
+    screened = [t for t in d.trials if t.rung_scores]
+    if screened:  # every trial's cheap first score, promoted or not
+        a.scatter([t.number for t in screened], [t.rung_scores[0] for t in screened], s=14,
+                  marker="x", color="#999", label="rung 1 score")
     if d.best_history:
         nums, secs, best = zip(*d.best_history, strict=True)
         a.step(nums, best, where="post", color="black", label="best so far")

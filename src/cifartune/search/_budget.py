@@ -17,6 +17,7 @@ from cifartune.search.trial import (
     ATTR_HEARTBEAT,
     ATTR_REASON,
     ATTR_RETRY_OF,
+    ATTR_ROLE,
     ATTR_WORKER,
 )
 
@@ -125,7 +126,11 @@ def requeue(study: optuna.Study, number: int, params: dict) -> bool:
         depth += 1
     if depth >= MAX_RETRIES:
         return False
-    study.enqueue_trial(params, user_attrs={ATTR_RETRY_OF: number}, skip_if_exists=False)
+    attrs = {ATTR_RETRY_OF: number}
+    original = by_number.get(number)
+    if original is not None and ATTR_ROLE in original.user_attrs:
+        attrs[ATTR_ROLE] = original.user_attrs[ATTR_ROLE]  # a retried baseline stays one
+    study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
     return True
 
 

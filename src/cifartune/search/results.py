@@ -79,8 +79,12 @@ def ensemble(defn: SearchDefinition, trials: list[FrozenTrial], top: int, test: 
 
 
 def prune_checkpoints(run_dir: Path, trials: list[FrozenTrial], keep: int) -> None:
-    """Delete the checkpoints of completed trials outside the best `keep`."""
+    """Delete the checkpoints of completed trials outside the best `keep`, but never the
+    winner's or the baseline's (the winner may be the baseline, ranked below the top K)."""
     if keep <= 0:
         return
+    v = verdict(trials)
+    spared = {v.winner.number, v.baseline.number if v.baseline else -1} if v else set()
     for t in ranked(trials)[keep:]:
-        (trial_dir(run_dir, t.number) / WEIGHTS).unlink(missing_ok=True)
+        if t.number not in spared:
+            (trial_dir(run_dir, t.number) / WEIGHTS).unlink(missing_ok=True)

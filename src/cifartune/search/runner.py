@@ -159,7 +159,9 @@ def _gpu_count() -> int:
 def run_search(run_dir: Path, space: SearchSpace, base: Config, settings: SearchSettings,
                on_poll: Callable[[Snapshot], None] | None = None,
                poll_seconds: float = 2.0) -> Snapshot:
-    """Run (or resume) the search in `run_dir` until its budget is spent."""
+    """Run (or resume) the search in `run_dir` until its budget is spent. The space is
+    widened to hold the base's values first (`SearchSpace.including_base`)."""
+    space, _ = space.including_base(base)
     save_search(run_dir, space, base, settings)
     study = open_study(run_dir, settings, space, base)
     start = time.time()

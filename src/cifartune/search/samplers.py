@@ -123,7 +123,9 @@ def make_pruner(name: str, max_epochs: int, rungs: int = 0) -> optuna.pruners.Ba
     if name == "none":
         return optuna.pruners.NopPruner()
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=4,
+        # With rungs, from the first completed trial (the baseline) on: every completed
+        # trial costs a full training at the target.
+        return optuna.pruners.MedianPruner(n_startup_trials=1 if rungs else 4,
                                            n_warmup_steps=0 if rungs else 1)
     if name == "asha":  # asynchronous successive halving: rungs at 1, 3, 9, ... steps
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=REDUCTION)

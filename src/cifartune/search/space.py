@@ -34,10 +34,13 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cifartune.config import PRESETS, Config, apply, coerce, flatten, full_key, toml_value
 from cifartune.errors import CifartuneError, ConfigError
+
+if TYPE_CHECKING:
+    import optuna
 
 KINDS = ("float", "int", "categorical")
 # Per-epoch signals a pruner can compare. The objective is always the validation accuracy;
@@ -47,6 +50,8 @@ KINDS = ("float", "int", "categorical")
 PRUNE_SIGNALS = ("val_accuracy", "train_accuracy")
 _PARAM_FIELDS = {"key", "type", "low", "high", "log", "step", "choices", "when", "help"}
 _TOP_LEVEL = {"description", "preset", "rungs", "prune_on", "params", "fixed"}
+# config keys that choose the validation (and test) images: the same at every rung
+_SPLIT_KEYS = {"data.path", "data.val_size", "data.val_seed", "data.test_limit"}
 
 
 class SpaceError(ConfigError):
@@ -77,7 +82,7 @@ class Param:
                     return c
         return value
 
-    def suggest(self, trial) -> Any:
+    def suggest(self, trial: optuna.Trial) -> Any:
         if self.kind == "float":
             return trial.suggest_float(self.name, self.low, self.high, log=self.log,
                                        step=self.step)
@@ -88,10 +93,26 @@ class Param:
                                                      [self.encode(c) for c in self.choices]))
 
     def contains(self, value: Any) -> bool:
-        """Whether Optuna can record `value` for this parameter."""
+        """Whether `value` is one this parameter can take (in range, on its step grid)."""
         if self.kind == "categorical":
             return self.encode(value) in [self.encode(c) for c in self.choices]
-        return self.low <= value <= self.high
+        if not self.low <= value <= self.high:
+            return False
+        return self.step is None or abs((value - self.low) / self.step
+                                        - round((value - self.low) / self.step)) < 1e-9
+
+    def including(self, value: Any) -> Param:
+        """This parameter widened to hold `value` (another choice, a wider range, or no step
+        grid), so that the baseline's value is one the samplers know."""
+        if self.contains(value):
+            return self
+        if self.kind == "categorical":
+            return replace(self, choices=(*self.choices, value))
+        low, high = min(self.low, value), max(self.high, value)
+        step = self.step
+        if step is not None and abs((value - low) / step - round((value - low) / step)) > 1e-9:
+            step = None
+        return replace(self, low=low, high=high, step=step)
 
     def describe(self) -> str:
         if self.kind == "categorical":
@@ -114,7 +135,8 @@ class SearchSpace:
     rungs: list[dict[str, Any]] = field(default_factory=list)  # full key -> value, cheapest 1st
     preset: str = ""  # the base config's preset when the command names none ("" = defaults)
 
-    def suggest(self, trial, given: dict[str, Any] | None = None) -> dict[str, Any]:
+    def suggest(self, trial: optuna.Trial,
+                given: dict[str, Any] | None = None) -> dict[str, Any]:
         """Sample every active parameter from an Optuna trial; returns name -> value.
         Values in `given` (the baseline's) are used as they are; Optuna records those the
         space can hold (the baseline enqueues them, so suggesting returns them)."""
@@ -129,6 +151,16 @@ class SearchSpace:
                 continue
             values[p.name] = p.suggest(trial)
         return values
+
+    def including_base(self, base: Config) -> tuple[SearchSpace, list[str]]:
+        """This space widened to hold the base config's values (the baseline's), and the
+        names of the parameters that had to widen. A value outside the space would leave the
+        baseline without that parameter, and GP, CMA-ES and TPE's joint groups model only
+        parameters every completed trial has."""
+        values = self.values_of(base)
+        params = [p.including(values[p.name]) if p.name in values else p for p in self.params]
+        widened = [p.name for p, q in zip(self.params, params, strict=True) if p != q]
+        return replace(self, params=params), widened
 
     def values_of(self, config: Config) -> dict[str, Any]:
         """The values a config gives the space's active parameters (the baseline's params)."""
@@ -288,9 +320,15 @@ def _parse_rungs(rungs: Any, where: str) -> list[dict[str, Any]]:
         raise SpaceError(f"{where}: rungs must be a list of tables of config values, e.g. "
                          "rungs = [{ \"data.train_limit\" = 10000 }]")
     try:
-        return [_canonical(flatten(r)) for r in rungs]
+        out = [_canonical(flatten(r)) for r in rungs]
     except ConfigError as e:
         raise SpaceError(f"{where}, rungs: {e}") from None
+    for r in out:
+        split = sorted(set(r) & _SPLIT_KEYS)
+        if split:
+            raise SpaceError(f"{where}, rungs: a rung cannot set {', '.join(split)}: every "
+                             "rung is scored on the target's validation images")
+    return out
 
 
 def _parse_preset(preset: Any, where: str) -> str:

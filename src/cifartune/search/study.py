@@ -103,9 +103,11 @@ def save_search(run_dir: Path, space: SearchSpace, base: Config,
         if old != base:
             changed = sorted(k for k, v in flatten(base.to_dict()).items()
                              if flatten(old.to_dict())[k] != v)
-            raise ConfigError(f"{run_dir} holds a search with other fixed settings "
-                              f"({', '.join(changed)}); drop those --set options to resume, "
-                              "or choose a new --out")
+            raise ConfigError(f"{run_dir} holds a search from another base configuration "
+                              f"({', '.join(changed)} differ); resume it with the same "
+                              "--preset, --config and --set (run folders from before spaces "
+                              "named their preset need --preset as then), or choose a new "
+                              "--out")
     atomic_write_text(run_dir / SPACE, space_text)
     atomic_write_text(run_dir / BASE_CONFIG, base_text)
     atomic_write_text(run_dir / SETTINGS, json.dumps(asdict(settings), indent=2) + "\n")

@@ -23,7 +23,7 @@ from cifartune.data import Dataset, load_dataset, prepare
 from cifartune.errors import CifartuneError
 from cifartune.search.samplers import rung_step
 from cifartune.search.study import SearchDefinition
-from cifartune.train import EpochReport, train
+from cifartune.train import EpochReport, Evaluation, TrainResult, train
 from cifartune.train.checkpoint import WEIGHTS, atomic_write_text, save_checkpoint
 from cifartune.train.run import evaluate_model, start_run
 
@@ -100,9 +100,11 @@ class _Stage:
                  target_images: int, spent: float) -> None:
         self.trial, self.folder, self.prune_on = trial, folder, prune_on
         self.target_images, self.spent = target_images, spent
+        self.seconds = 0.0  # training seconds of the finished stages
         self.curve: list[dict] = []
 
-    def run(self, config: Config, data: Dataset, name: str):
+    def run(self, config: Config, data: Dataset,
+            name: str) -> tuple[TrainResult, Evaluation, np.ndarray]:
         start = len(self.curve)
         share = len(data.train) / self.target_images  # of a target epoch, per epoch here
 
@@ -114,13 +116,14 @@ class _Stage:
                               + "\n")
             t = self.trial
             t.set_user_attr(ATTR_EPOCHS, round(self.spent + r.epoch * share, 3))
-            t.set_user_attr(ATTR_SECONDS, round(r.train_seconds, 1))
+            t.set_user_attr(ATTR_SECONDS, round(self.seconds + r.train_seconds, 1))
             t.set_user_attr(ATTR_VAL_CURVE, [c["val_accuracy"] for c in self.curve[start:]])
             if self.prune_on:
                 self.prune(r)
 
         result = train(config, data, on_epoch=on_epoch)
         self.spent += result.history[-1].epoch * share
+        self.seconds += result.train_seconds
         val, logits = evaluate_model(result.model, data.val, data.classes, config,
                                      result.device)
         return result, val, logits.argmax(1) == data.val.y

@@ -27,8 +27,10 @@ def ranked(trials: list[FrozenTrial]) -> list[FrozenTrial]:
 
 
 def baseline_of(trials: list[FrozenTrial]) -> FrozenTrial | None:
-    """The completed baseline trial, if there is one."""
-    return next((t for t in ranked(trials) if is_baseline(t)), None)
+    """The completed baseline trial, if there is one: the first, should two machines starting
+    a study at the same moment each have queued one (never the luckier of the two)."""
+    done = [t for t in ranked(trials) if is_baseline(t)]
+    return min(done, key=lambda t: t.number) if done else None
 
 
 def paired(a: FrozenTrial, b: FrozenTrial) -> tuple[float, float | None]:
@@ -39,7 +41,10 @@ def paired(a: FrozenTrial, b: FrozenTrial) -> tuple[float, float | None]:
     ca, cb = a.user_attrs.get(ATTR_VAL_CORRECT), b.user_attrs.get(ATTR_VAL_CORRECT)
     if not ca or not cb:
         return diff, None
-    d = unpack_correct(ca).astype(float) - unpack_correct(cb).astype(float)
+    a_ok, b_ok = unpack_correct(ca), unpack_correct(cb)
+    if len(a_ok) != len(b_ok):  # scored on different splits: no paired comparison
+        return diff, None
+    d = a_ok.astype(float) - b_ok.astype(float)
     if len(d) < 2:
         return diff, None
     return diff, float(d.std(ddof=1) / math.sqrt(len(d)))

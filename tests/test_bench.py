@@ -1,0 +1,51 @@
+"""The long benches run end to end in a tiny setting, so they cannot rot between the sessions
+that run them for real; and they resume from their results files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import REPO
+from .search.conftest import TINY_SPACE
+
+TINY = ["--set", "epochs=1", "--set", "batch_size=100", "--set", "widths=[16,32,32]",
+        "--set", "val_size=400", "--set", "tta=0"]
+
+
+def bench(name: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "bench" / name), *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def test_fidelity_bench_measures_and_resumes(tmp_path, small_root):
+    results = tmp_path / "fidelity.jsonl"
+    args = ("--configs", "3", "--fidelities", "5k", "target", "--data", str(small_root),
+            "--results", str(results), *TINY)
+    r = bench("fidelity.py", *args)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(x) for x in results.read_text().splitlines()]
+    assert len(rows) == 6 and {x["fidelity"] for x in rows} == {"5k", "target"}
+    assert rows[0]["params"]["lr"] == 0.24  # config 0 is the base (the fast preset)
+    assert all(x["cpu"] and x["val_images"] == 400 for x in rows)
+    assert "spearman" in r.stdout and "(base)" in r.stdout
+    again = bench("fidelity.py", *args)  # everything measured: nothing is trained again
+    assert again.returncode == 0 and len(results.read_text().splitlines()) == 6
+    assert "config 0 at" not in again.stdout
+
+
+def test_search_efficiency_bench_runs_both_arms(tmp_path, small_root):
+    space = tmp_path / "tiny.toml"
+    space.write_text(TINY_SPACE)
+    results = tmp_path / "eff.jsonl"
+    r = bench("search_efficiency.py", "--minutes", "0.6", "--repeats", "1", "--space",
+              str(space), "--data", str(small_root), "--results", str(results), "--out",
+              str(tmp_path / "runs"))
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(x) for x in results.read_text().splitlines()]
+    assert [x["arm"] for x in rows] == ["random+none", "tpe+asha"]
+    assert all(x["complete"] >= 1 and x["seed"] == 0 for x in rows)  # the baseline at least
+    assert "passes random's best" in r.stdout
+    assert Path(rows[0]["run"]).exists()
