@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 import time
 from pathlib import Path
 
@@ -27,7 +28,8 @@ def add_search_parser(sub) -> None:
     p = sub.add_parser(
         "search", help="hyperparameter search (resumable, parallel, shareable)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Search hyperparameters with Optuna around a base configuration (the "
+        description=textwrap.fill(
+        "Search hyperparameters with Optuna around a base configuration (the "
         "space's preset, --preset, --config and --set), scoring every trial by its accuracy on "
         "a validation split held out from the training set (default 5000 images) at the target "
         "fidelity: the base's epochs on all other training images. Trial 0 is the base itself "
@@ -36,7 +38,7 @@ def add_search_parser(sub) -> None:
         "winner is the best trial if it beats the baseline by more than the noise of a "
         "validation score, else the baseline. The study lives in RUN/study.journal (or "
         "--storage URL); rerunning the same command resumes it. --set holds a config key fixed "
-        "for every trial, even one the space searches.",
+        "for every trial, even one the space searches.", 78),
         epilog="examples:\n"
         "  cifartune search --space fast --timeout 3600 --final\n"
         "  cifartune search --space seed --set epochs=2 --n-trials 3\n"
@@ -70,7 +72,8 @@ def add_search_parser(sub) -> None:
                    "is seeded by its number either way, so a resumed search, a restarted "
                    "worker or another machine never draws a trial twice)")
     p.add_argument("--keep-top", type=int, default=0, metavar="K",
-                   help="keep checkpoints of the best K trials only (default: keep all)")
+                   help="keep checkpoints of the best K trials only, and always the "
+                   "winner's and the baseline's (default: keep all)")
     p.add_argument("--final", action="store_true", help="then train the winner at the "
                    "target (its epochs) on all training images and evaluate it on the test set")
     p.add_argument("--report", action="store_true", help="finally write the HTML report "
