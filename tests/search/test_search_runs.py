@@ -100,9 +100,9 @@ def test_sigkilled_worker_then_rerun_loses_nothing(tmp_path, tiny_space, small_r
                   wait=False)
     _wait_for(lambda: len(_complete(run)) >= 2)
 
-    def running():
+    def running():  # trials that have drawn their parameters (a moment after `ask`)
         return [t for t in load(run).get_trials() if t.state == TrialState.RUNNING
-                and "worker" in t.user_attrs]
+                and "worker" in t.user_attrs and t.params]
     _wait_for(lambda: running())
     victim = running()[0]
     pid = int(victim.user_attrs["worker"].rsplit(":", 1)[1])

@@ -66,3 +66,35 @@ def test_the_baseline_goes_on_however_it_scores_at_the_rung(stubbed):
     # its rung score was recorded as a competitor: a trial scoring the same is pruned
     other = run_one(defn, study, data_for, 0.5)
     assert other.state.name == "PRUNED" and other.intermediate_values == {1: 0.5}
+
+
+def _baselines(study: optuna.Study) -> int:
+    return sum(t.user_attrs.get("role") == "baseline" for t in study.get_trials())
+
+
+def test_a_process_joining_a_new_study_leaves_the_baseline_to_its_creator(monkeypatch):
+    """Two machines start the same search at once: only the study's creator queues trial 0
+    (both queueing it was a real bug on PostgreSQL: two baselines, repeated parameters)."""
+    import threading
+
+    from cifartune.search import runner
+
+    monkeypatch.setattr(runner, "CREATOR_GRACE", 1.0)
+    space, base = load_space("fast"), Config()
+    study = optuna.create_study(direction="maximize")
+    creator = threading.Timer(0.3, enqueue_baseline, (study, space, base, True))
+    creator.start()
+    assert not enqueue_baseline(study, space, base, created=False)  # the creator's, in time
+    creator.join()
+    assert _baselines(study) == 1
+    assert not enqueue_baseline(study, space, base, created=True)  # a resume adds none
+
+
+def test_a_study_whose_creator_died_before_queueing_gets_its_baseline(monkeypatch):
+    from cifartune.search import runner
+
+    monkeypatch.setattr(runner, "CREATOR_GRACE", 0.1)
+    space, base = load_space("fast"), Config()
+    study = optuna.create_study(direction="maximize")
+    assert enqueue_baseline(study, space, base, created=False)
+    assert _baselines(study) == 1

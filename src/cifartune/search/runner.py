@@ -19,7 +19,7 @@ from optuna.trial import FrozenTrial
 from cifartune.config import Config
 from cifartune.search import _budget
 from cifartune.search.space import SearchSpace
-from cifartune.search.study import SearchSettings, open_study, save_search
+from cifartune.search.study import SearchSettings, create_or_open_study, save_search
 from cifartune.search.trial import ATTR_ROLE, ROLE_BASELINE, is_baseline
 from cifartune.search.winner import baseline_of, ranked
 
@@ -40,17 +40,32 @@ class Snapshot:
     events: list[str] = field(default_factory=list)  # recoveries, restarts since last poll
 
 
-def enqueue_baseline(study: optuna.Study, space: SearchSpace, base: Config) -> bool:
+CREATOR_GRACE = 3.0  # seconds a joining process waits for the study's creator to queue trial 0
+
+
+def enqueue_baseline(study: optuna.Study, space: SearchSpace, base: Config,
+                     created: bool = True) -> bool:
     """Make the base configuration the next trial of a study that has none yet (trial 0 of a
     new study), so the search is measured against what the user had, on the same validation
-    images as every trial. Returns whether it was queued."""
-    if any(is_baseline(t) for t in study.get_trials(deepcopy=False)):
+    images as every trial. Returns whether it was queued.
+
+    Only the process that created the study queues it at once: another machine starting the
+    same search a moment later would otherwise queue a second baseline (Optuna's
+    `skip_if_exists` is a check, then a write, not atomic across machines). A process that
+    joins an existing study without a baseline (its creator died before queueing one) waits
+    CREATOR_GRACE seconds for the creator, then queues it itself."""
+    def has_baseline() -> bool:
+        return any(is_baseline(t) for t in study.get_trials(deepcopy=False))
+
+    if has_baseline():
         return False
+    if not created:
+        time.sleep(CREATOR_GRACE)
+        if has_baseline():
+            return False
     values = space.values_of(base)
     params = {p.name: p.encode(values[p.name]) for p in space.params
               if p.name in values and p.contains(values[p.name])}
-    # skip_if_exists: a second machine starting the same search at once does not queue the
-    # same parameters again (the baseline is always trial 0 of a study started by one).
     study.enqueue_trial(params, user_attrs={ATTR_ROLE: ROLE_BASELINE}, skip_if_exists=True)
     return True
 
@@ -163,11 +178,11 @@ def run_search(run_dir: Path, space: SearchSpace, base: Config, settings: Search
     widened to hold the base's values first (`SearchSpace.including_base`)."""
     space, _ = space.including_base(base)
     save_search(run_dir, space, base, settings)
-    study = open_study(run_dir, settings, space, base)
+    study, created = create_or_open_study(run_dir, settings, space, base)
     start = time.time()
     deadline = start + settings.timeout if settings.timeout else 0.0
     recovered = _budget.recover_stale(study)  # trials left RUNNING by an earlier, killed run
-    enqueue_baseline(study, space, base)
+    enqueue_baseline(study, space, base, created)
     events = [f"trial {n}: its worker had died; failed and queued again" for n in recovered]
     workers = _Workers(run_dir, settings, deadline)
     for i in range(settings.workers):

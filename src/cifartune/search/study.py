@@ -74,11 +74,25 @@ def open_study(run_dir: Path, settings: SearchSettings, space: SearchSpace,
     """The search's study (created if new). Every process opening it draws each trial's
     parameters from a sampler seeded by the trial's number (see samplers.PerTrialSeed), so
     processes sharing a study never repeat one another's draws."""
+    return create_or_open_study(run_dir, settings, space, base)[0]
+
+
+def create_or_open_study(run_dir: Path, settings: SearchSettings, space: SearchSpace,
+                         base: Config) -> tuple[optuna.Study, bool]:
+    """The search's study, and whether this call created it. Creation is atomic in the
+    storage (a database's unique study name, the journal's lock), so of several machines
+    starting the same search at once exactly one is told it created the study."""
     storage = open_storage(run_dir, settings.storage)
-    return optuna.create_study(
-        study_name=settings.study, storage=storage, direction="maximize", load_if_exists=True,
-        sampler=make_sampler(settings.sampler, settings.seed),
-        pruner=make_pruner(settings.pruner, max_epochs(space, base), len(space.rungs)))
+    sampler = make_sampler(settings.sampler, settings.seed)
+    pruner = make_pruner(settings.pruner, max_epochs(space, base), len(space.rungs))
+    try:
+        study = optuna.create_study(study_name=settings.study, storage=storage,
+                                    direction="maximize", sampler=sampler, pruner=pruner)
+        return study, True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=settings.study, storage=storage, sampler=sampler,
+                                  pruner=pruner)
+        return study, False
 
 
 def max_epochs(space: SearchSpace, base: Config) -> int:
