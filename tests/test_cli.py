@@ -53,6 +53,15 @@ def test_train_prints_report_and_lossless_figure(cifar_root, tmp_path):
     assert "macro avg" in r.stdout and "weighted avg" in r.stdout
     assert "lossless (headline)" in r.stdout and "images/s" in r.stdout
     assert "epoch 1/1" in r.stderr and "GFLOP per image" in r.stderr
+    # no validation split: the per-epoch test figure is labelled as monitoring, never for choices
+    assert "test acc (monitor only)" in r.stderr and "never choose settings" in r.stderr
+
+
+def test_train_with_a_validation_split_monitors_on_it(cifar_root, tmp_path):
+    r = cli("train", "--data", str(cifar_root), *SLICE, "--set", "val_size=200", "--out",
+            str(tmp_path / "r"))
+    assert r.returncode == 0, r.stderr
+    assert "val acc" in r.stderr and "test acc" not in r.stderr and "never choose" not in r.stderr
 
 
 def test_evaluate_matches_training_metrics(run_dir, capsys):

@@ -117,8 +117,11 @@ class TrainConfig:
     compile: bool = _f(False, "torch.compile the model (about 40 s to compile on CPU)")
     averaging: str = _f("none", "weight averaging: none | ema | lookahead",
                         choices=("none", "ema", "lookahead"))
-    ema_decay: float = _f(0.99, "ema/lookahead: weight of the old average per update", lo=0, hi=1)
-    ema_every: int = _f(5, "ema/lookahead: steps between updates", lo=1)
+    ema_decay: float = _f(0.99, "ema: weight of the old average per update (bias-corrected)",
+                          lo=0, hi=1)
+    ema_every: int = _f(5, "ema/lookahead: optimizer steps between updates", lo=1)
+    lookahead_alpha: float = _f(0.5, "lookahead: fraction of the way the slow weights move "
+                                "toward the fast ones per update", lo=0, hi=1)
     tta: int = _f(2, "test-time augmentation: 0 none, 1 flip, 2 flip + translate", lo=0, hi=2)
     eval_batch_size: int = _f(1000, "images per evaluation batch", lo=1)
     monitor_images: int = _f(2000, "without a validation split, the per-epoch accuracy curve "

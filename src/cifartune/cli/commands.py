@@ -66,6 +66,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     ui.err.print(f"run folder: {out}  (resolved config in {out / 'config.toml'})")
     stats = model_stats(create_model(config.model, data.num_classes))
     ui.err.print(f"model: {config.model.arch}, {stats.describe()}")
+    if data.val is None:
+        ui.err.print("note: no validation split (data.val_size = 0), so the per-epoch accuracy "
+                     f"is on {config.train.monitor_images or len(data.test)} test images: watch "
+                     "the run with it, never choose settings or epochs by it (hold out a "
+                     "validation split with --set val_size=5000, or use 'cifartune search')")
     with ui.epoch_progress(config.train.epochs) as bar:
         result = train(config, data, on_epoch=bar)
     ui.err.print(f"evaluating the test set (tta={config.train.tta})...")

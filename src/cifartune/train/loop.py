@@ -7,6 +7,7 @@ epoch (progress, metrics, pruning: an exception raised there stops training).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -91,8 +92,8 @@ def train(config: Config, data: Dataset | None = None,
     opts = build_optimizers(model, config.optim, batches.batch_size)
     forward = torch.compile(model) if t.compile else model
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    average = None if t.averaging == "none" else WeightAverage(model, t.averaging, t.ema_decay,
-                                                                 t.ema_every)
+    average = None if t.averaging == "none" else WeightAverage(
+        model, t.averaging, t.ema_decay, t.ema_every, t.lookahead_alpha)
     eval_split = "val" if data.val is not None else "test"
     # Without a validation split the curve is for monitoring only: a slice of the test set
     # keeps it cheap (the full test set is evaluated once, with TTA, after training).
@@ -137,9 +138,10 @@ def train(config: Config, data: Dataset | None = None,
         result.train_seconds += seconds
         result.images_seen += seen
         acc = None
-        if len(eval_y):
-            logits = predict_logits(model, eval_x, tta=0, batch_size=t.eval_batch_size,
-                                    dtype=dtype, channels_last=t.channels_last)
+        if len(eval_y):  # the weights the run hands back: the averaged ones, if averaging
+            with average.averaged(model) if average else contextlib.nullcontext(model) as m:
+                logits = predict_logits(m, eval_x, tta=0, batch_size=t.eval_batch_size,
+                                        dtype=dtype, channels_last=t.channels_last)
             acc = float((logits.argmax(1) == eval_y.cpu()).float().mean())
         report = EpochReport(
             epoch=epoch + 1, epochs=n_epochs, steps=step,
