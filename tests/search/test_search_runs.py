@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from cifartune.cli.main import main
 from cifartune.config import resolve_config
 from cifartune.search.space import PRUNE_SIGNALS
-from cifartune.search.trial import unpack_correct, val_curve
+from cifartune.search.trial import fail_reason, unpack_correct, val_curve
 from cifartune.search.winner import verdict
 
 from .conftest import TINY_FIXED, TINY_SPACE, load, search, states
@@ -118,7 +118,7 @@ def test_sigkilled_worker_then_rerun_loses_nothing(tmp_path, tiny_space, small_r
     after = {t.number: t.value for t in study.get_trials() if t.state == TrialState.COMPLETE}
     assert all(after[n] == v for n, v in before.items())  # every completed trial is still there
     killed = study.get_trials()[victim.number]
-    assert killed.state == TrialState.FAIL and "died" in killed.user_attrs["fail_reason"]
+    assert killed.state == TrialState.FAIL and "died" in fail_reason(killed)
     retry = [t for t in study.get_trials() if t.user_attrs.get("retry_of") == victim.number]
     assert len(retry) == 1 and retry[0].params == victim.params
     assert retry[0].state == TrialState.COMPLETE

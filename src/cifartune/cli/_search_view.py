@@ -12,9 +12,9 @@ from cifartune.cli import _progress as ui
 from cifartune.search import SearchSpace, Snapshot
 from cifartune.search.trial import (
     ATTR_EPOCHS,
-    ATTR_REASON,
     ATTR_RUNG_SCORES,
     ATTR_SECONDS,
+    fail_reason,
     is_baseline,
     val_curve,
 )
@@ -107,7 +107,7 @@ class SearchView:
         for x in s.trials:  # plain log: one line per trial as it finishes
             if x.state.is_finished() and x.number not in self.reported:
                 self.reported.add(x.number)
-                reason = x.user_attrs.get(ATTR_REASON, "")
+                reason = fail_reason(x)
                 params = ", ".join(f"{k}={fmt(v)}"
                                    for k, v in self.space.decode_params(x.params).items())
                 base = " (baseline)" if is_baseline(x) else ""

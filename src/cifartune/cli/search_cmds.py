@@ -74,6 +74,9 @@ def add_search_parser(sub) -> None:
     p.add_argument("--keep-top", type=int, default=0, metavar="K",
                    help="keep checkpoints of the best K trials only, and always the "
                    "winner's and the baseline's (default: keep all)")
+    p.add_argument("--retry-oom", action="store_true", help="first run again the trials "
+                   "that ran out of memory (memory depends on the machine and on --workers, "
+                   "not only on the configuration: lower --workers first)")
     p.add_argument("--final", action="store_true", help="then train the winner at the "
                    "target (its epochs) on all training images and evaluate it on the test set")
     p.add_argument("--report", action="store_true", help="finally write the HTML report "
@@ -146,7 +149,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                      "space; widened to hold it, so trial 0 (the baseline) is in the space")
     try:
         with SearchView(space) as view:
-            snap = run_search(out, space, base, settings, on_poll=view)
+            snap = run_search(out, space, base, settings, on_poll=view,
+                              retry_oom=args.retry_oom)
     except KeyboardInterrupt:
         ui.error(f"interrupted; completed trials are saved; rerun the same command to resume "
                  f"(the run folder is {out})")
@@ -196,6 +200,9 @@ def print_summary(out: Path, snap) -> None:
     c = snap.counts
     ui.out.print(f"\nsearch finished: {c.complete} complete, {c.pruned} pruned, {c.failed} "
                  f"failed trials; {c.epochs:.0f} epochs in {ui.duration(snap.elapsed)}")
+    if c.out_of_memory:
+        ui.out.print(f"{c.out_of_memory} trial(s) ran out of memory: rerun the same command with "
+                     "fewer --workers and --retry-oom to run them again")
     if not c.complete:
         ui.out.print(f"no trial completed; see the fail reasons above and {out / 'workers'}")
         return

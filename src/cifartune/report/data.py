@@ -13,9 +13,9 @@ from optuna.trial import FrozenTrial, TrialState
 from cifartune.search.study import SearchDefinition
 from cifartune.search.trial import (
     ATTR_EPOCHS,
-    ATTR_REASON,
     ATTR_RUNG_SCORES,
     ATTR_SECONDS,
+    fail_reason,
     is_baseline,
     val_curve,
 )
@@ -127,7 +127,7 @@ def trial_rows(defn: SearchDefinition, trials: list[FrozenTrial]) -> list[TrialR
             value=t.value if t.state == TrialState.COMPLETE else None,
             params=defn.space.decode_params(t.params),
             epochs=float(t.user_attrs.get(ATTR_EPOCHS, 0)), seconds=seconds,
-            reason=str(t.user_attrs.get(ATTR_REASON, "")), curve=curve, started=start,
+            reason=fail_reason(t), curve=curve, started=start,
             finished=end, baseline=is_baseline(t),
             rung_scores=list(t.user_attrs.get(ATTR_RUNG_SCORES, [])),
             score=screening_score(defn, t)))

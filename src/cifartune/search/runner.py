@@ -17,7 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from cifartune.config import Config
-from cifartune.search import _budget
+from cifartune.search import _budget, _recovery
 from cifartune.search.space import SearchSpace
 from cifartune.search.study import SearchSettings, create_or_open_study, save_search
 from cifartune.search.trial import ATTR_ROLE, ROLE_BASELINE, is_baseline
@@ -173,25 +173,30 @@ def _gpu_count() -> int:
 
 def run_search(run_dir: Path, space: SearchSpace, base: Config, settings: SearchSettings,
                on_poll: Callable[[Snapshot], None] | None = None,
-               poll_seconds: float = 2.0) -> Snapshot:
+               poll_seconds: float = 2.0, retry_oom: bool = False) -> Snapshot:
     """Run (or resume) the search in `run_dir` until its budget is spent. The space is
-    widened to hold the base's values first (`SearchSpace.including_base`)."""
+    widened to hold the base's values first (`SearchSpace.including_base`). `retry_oom`:
+    first queue again the trials that ran out of memory."""
     space, _ = space.including_base(base)
     save_search(run_dir, space, base, settings)
     study, created = create_or_open_study(run_dir, settings, space, base)
     start = time.time()
     deadline = start + settings.timeout if settings.timeout else 0.0
-    recovered = _budget.recover_stale(study)  # trials left RUNNING by an earlier, killed run
+    watch = _recovery.HeartbeatWatch()
+    recovered = _recovery.recover_stale(study, watch)  # left RUNNING by an earlier, killed run
     enqueue_baseline(study, space, base, created)
-    events = [f"trial {n}: its worker had died; failed and queued again" for n in recovered]
+    events = [f"trial {n}: {why}; failed and queued again" for n, why in recovered]
+    if retry_oom:
+        events += [f"trial {n}: ran out of memory; queued again (--retry-oom)"
+                   for n in _recovery.retry_out_of_memory(study)]
     workers = _Workers(run_dir, settings, deadline)
     for i in range(settings.workers):
         workers.start(i)
     try:
         while True:
             time.sleep(poll_seconds)
-            events += [f"trial {n}: its worker died; failed and queued again"
-                       for n in _budget.recover_stale(study)]
+            events += [f"trial {n}: {why}; failed and queued again"
+                       for n, why in _recovery.recover_stale(study, watch)]
             events += workers.check(study)
             snap = snapshot(study, settings, start, deadline, workers.alive(), events)
             events = []
@@ -202,7 +207,7 @@ def run_search(run_dir: Path, space: SearchSpace, base: Config, settings: Search
     finally:  # Ctrl-C, or any error here: never leave workers running unattended
         if workers.alive():
             workers.stop()
-            _budget.recover_stale(study)
+            _recovery.recover_stale(study, watch)
 
 
 def snapshot(study: optuna.Study, settings: SearchSettings, start: float, deadline: float,

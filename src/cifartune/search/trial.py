@@ -33,14 +33,16 @@ ATTR_EPOCHS = "epochs_done"  # training spent so far, in epochs of the target's 
 ATTR_VAL_CURVE = "val_curve"  # per-epoch validation accuracy (no TTA) of the latest stage
 ATTR_SECONDS = "train_seconds"
 ATTR_REASON = "fail_reason"
+ATTR_FAIL_KIND = "fail_kind"  # KIND_OOM: failures the user may retry (--retry-oom)
 ATTR_RETRY_OF = "retry_of"
 ATTR_WORKER = "worker"  # host:pid
-ATTR_HEARTBEAT = "heartbeat"  # unix time of the last sign of life
+ATTR_HEARTBEAT = "heartbeat"  # a counter the worker bumps while it lives (see _recovery)
 ATTR_RSS = "worker_peak_rss_mb"  # worker's peak memory after the trial (growth = a leak)
 ATTR_ROLE = "role"  # ROLE_BASELINE on trial 0, the base configuration
 ATTR_RUNG_SCORES = "rung_scores"  # validation accuracy (TTA) at each cheap rung passed
 ATTR_VAL_CORRECT = "val_correct"  # which validation images the target model got right
 ROLE_BASELINE = "baseline"
+KIND_OOM = "out_of_memory"
 
 
 def val_curve(t: optuna.trial.FrozenTrial) -> list[float]:
@@ -90,6 +92,18 @@ def unpack_correct(text: str) -> np.ndarray:
 
 def is_baseline(t: optuna.trial.FrozenTrial | optuna.Trial) -> bool:
     return t.user_attrs.get(ATTR_ROLE) == ROLE_BASELINE
+
+
+DIED = "its worker died before recording an outcome; failed by recovery and queued again"
+
+
+def fail_reason(t: optuna.trial.FrozenTrial) -> str:
+    """Why a trial failed. Every failure a worker records carries its reason; a failed trial
+    without one was failed by another process because its worker died (Optuna's public API
+    cannot write another process's trial attributes)."""
+    if t.state != optuna.trial.TrialState.FAIL:
+        return ""
+    return str(t.user_attrs.get(ATTR_REASON) or DIED)
 
 
 class _Stage:

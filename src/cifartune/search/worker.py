@@ -17,8 +17,8 @@ import resource
 import signal
 import sys
 import threading
-import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -27,14 +27,17 @@ from optuna.trial import TrialState
 
 from cifartune.errors import CifartuneError, DivergenceError
 from cifartune.search import _budget
-from cifartune.search._budget import EXIT_USER_ERROR, machine_id, requeue
+from cifartune.search._budget import EXIT_USER_ERROR
+from cifartune.search._recovery import machine_id, requeue
 from cifartune.search.results import prune_checkpoints
 from cifartune.search.study import SearchDefinition, load_search, open_study
 from cifartune.search.trial import (
+    ATTR_FAIL_KIND,
     ATTR_HEARTBEAT,
     ATTR_REASON,
     ATTR_RSS,
     ATTR_WORKER,
+    KIND_OOM,
     TrialData,
     run_trial,
     trial_dir,
@@ -44,33 +47,51 @@ HEARTBEAT_SECONDS = 10.0
 
 
 class Heartbeat:
-    """Stamps the running trial every HEARTBEAT_SECONDS from a daemon thread."""
+    """Bumps a counter on the running trial every HEARTBEAT_SECONDS from a daemon thread
+    (a counter, not a time: others judge it by whether it changes, see _recovery)."""
 
-    def __init__(self, study: optuna.Study) -> None:
-        self.study = study
-        self.trial_id: int | None = None
+    def __init__(self) -> None:
+        self.trial: optuna.Trial | None = None
+        self.beats = 0
         self.lock = threading.Lock()
         self._stop = threading.Event()
         threading.Thread(target=self._run, daemon=True).start()
 
-    def watch(self, trial_id: int | None) -> None:
+    def watch(self, trial: optuna.Trial | None) -> None:
         with self.lock:
-            self.trial_id = trial_id
-        if trial_id is not None:
+            self.trial = trial
+        if trial is not None:
             self._beat()
 
     def _beat(self) -> None:
         with self.lock:
-            if self.trial_id is None:
+            if self.trial is None:
                 return
+            self.beats += 1
             # A trial finished meanwhile, or a storage hiccup: the next beat tries again.
             with contextlib.suppress(Exception):
-                self.study._storage.set_trial_user_attr(self.trial_id, ATTR_HEARTBEAT,
-                                                        time.time())
+                self.trial.set_user_attr(ATTR_HEARTBEAT, self.beats)
 
     def _run(self) -> None:
         while not self._stop.wait(HEARTBEAT_SECONDS):
             self._beat()
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block is done, then raise KeyboardInterrupt: telling
+    the study a finished trial's outcome must not be cut in half (the trial would be left
+    RUNNING, recovered as dead, and trained again). Main thread only."""
+    held: list[int] = []
+    old = {s: signal.signal(s, lambda signum, frame: held.append(signum))
+           for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    if held:
+        raise KeyboardInterrupt
 
 
 def worker_id() -> str:
@@ -93,13 +114,29 @@ def _outcome(trial: optuna.Trial, defn: SearchDefinition, data: TrialData) -> Ou
         return TrialState.PRUNED, None, ""
     except (DivergenceError, CifartuneError) as e:
         return TrialState.FAIL, None, str(e)
-    except (torch.OutOfMemoryError, MemoryError):
-        return TrialState.FAIL, None, "out of memory: lower batch_size or the model size"
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and not _is_oom(e):
+            return _crashed(trial, defn, e)
+        # Memory is the machine's (and the other workers') as much as the configuration's.
+        trial.set_user_attr(ATTR_FAIL_KIND, KIND_OOM)
+        return TrialState.FAIL, None, (
+            "out of memory: rerun with fewer --workers and --retry-oom to try it again (or "
+            "lower batch_size or the model size)")
     except Exception as e:  # noqa: BLE001 - any bug in one trial must not stop the search
-        folder = trial_dir(defn.run_dir, trial.number)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "error.txt").write_text(traceback.format_exc())
-        return TrialState.FAIL, None, f"{type(e).__name__}: {e} (traceback in {folder}/error.txt)"
+        return _crashed(trial, defn, e)
+
+
+def _is_oom(e: RuntimeError) -> bool:
+    """The CPU allocator raises a plain RuntimeError when it cannot allocate."""
+    text = str(e).lower()
+    return "can't allocate memory" in text or "out of memory" in text
+
+
+def _crashed(trial: optuna.Trial, defn: SearchDefinition, e: Exception) -> Outcome:
+    folder = trial_dir(defn.run_dir, trial.number)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "error.txt").write_text(traceback.format_exc())
+    return TrialState.FAIL, None, f"{type(e).__name__}: {e} (traceback in {folder}/error.txt)"
 
 
 def next_trial(study: optuna.Study, defn: SearchDefinition,
@@ -118,18 +155,30 @@ def next_trial(study: optuna.Study, defn: SearchDefinition,
 
 def run_one(study: optuna.Study, trial: optuna.Trial, defn: SearchDefinition, data: TrialData,
             heartbeat: Heartbeat) -> None:
-    heartbeat.watch(trial._trial_id)
+    heartbeat.watch(trial)
+    outcome: Outcome | None = None
     try:
-        state, value, reason = _outcome(trial, defn, data)
+        outcome = _outcome(trial, defn, data)
+        heartbeat.watch(None)
+        with signals_deferred():
+            _record(study, trial, outcome)
     except KeyboardInterrupt:
         heartbeat.watch(None)
-        with contextlib.suppress(Exception):
-            trial.set_user_attr(ATTR_REASON, "interrupted (Ctrl-C); queued again for resume")
-            study.tell(trial, state=TrialState.FAIL)
-            requeue(study, trial.number, trial.params)
+        with signals_deferred(), contextlib.suppress(Exception):
+            if outcome is not None:  # interrupted between training and recording: record it
+                _record(study, trial, outcome)
+            else:
+                trial.set_user_attr(ATTR_REASON, "interrupted (Ctrl-C); queued again for resume")
+                study.tell(trial, state=TrialState.FAIL)
+                requeue(study, trial.number, trial.params)
         raise
-    heartbeat.watch(None)
     gc.collect()  # free the model and optimizer state before the next trial
+    if defn.settings.keep_top:
+        prune_checkpoints(defn.run_dir, study.get_trials(deepcopy=False), defn.settings.keep_top)
+
+
+def _record(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> None:
+    state, value, reason = outcome
     try:
         trial.set_user_attr(ATTR_RSS, round(_rss_mb(), 1))
         if reason:
@@ -137,8 +186,6 @@ def run_one(study: optuna.Study, trial: optuna.Trial, defn: SearchDefinition, da
         study.tell(trial, value, state=state, skip_if_finished=True)
     except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
         pass  # another process judged this trial's worker dead and failed it meanwhile
-    if defn.settings.keep_top:
-        prune_checkpoints(defn.run_dir, study.get_trials(deepcopy=False), defn.settings.keep_top)
 
 
 def _die_with_parent() -> None:
@@ -174,7 +221,7 @@ def main(argv: list[str]) -> int:
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         return 130
-    heartbeat = Heartbeat(study)
+    heartbeat = Heartbeat()
     try:
         while (trial := next_trial(study, defn, deadline)) is not None:
             run_one(study, trial, defn, data, heartbeat)

@@ -1,0 +1,170 @@
+"""Dead-worker recovery (search/_recovery.py) on in-memory studies, through Optuna's public
+API only, and the worker's outcome surviving a Ctrl-C while it is recorded."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from cifartune.search import SearchSettings, verdict
+from cifartune.search import worker as worker_mod
+from cifartune.search._budget import count
+from cifartune.search._recovery import (
+    MAX_RETRIES,
+    HeartbeatWatch,
+    machine_id,
+    recover_stale,
+    requeue,
+    retry_out_of_memory,
+)
+from cifartune.search.study import SearchDefinition
+from cifartune.search.trial import fail_reason
+
+X = {"x": optuna.distributions.FloatDistribution(0, 1)}
+SRC = Path(__file__).resolve().parents[2] / "src" / "cifartune"
+
+
+def running(study: optuna.Study, worker: str, beat: object = None) -> optuna.Trial:
+    t = study.ask(X)
+    t.set_user_attr("worker", worker)
+    if beat is not None:
+        t.set_user_attr("heartbeat", beat)
+    return t
+
+
+def test_a_dead_local_process_is_recovered_at_once():
+    study = optuna.create_study(direction="maximize")
+    running(study, f"{machine_id()}:99999999")  # no such process
+    alive = running(study, f"{machine_id()}:{os.getpid()}", 1)
+    recovered = recover_stale(study, HeartbeatWatch())
+    assert [(n, "process gone" in why) for n, why in recovered] == [(0, True)]
+    after = study.get_trials()
+    assert after[0].state == TrialState.FAIL and "died" in fail_reason(after[0])
+    assert after[alive.number].state == TrialState.RUNNING
+    assert [t.user_attrs["retry_of"] for t in after if t.state == TrialState.WAITING] == [0]
+
+
+def test_a_remote_heartbeat_is_judged_by_change_on_the_local_clock_only():
+    """A worker on a machine whose clock is 1,000 s behind stamps what looks like an old time:
+    it is alive as long as its heartbeat moves; silent for the grace period, it is dead."""
+    study = optuna.create_study(direction="maximize")
+    skewed = running(study, "elsewhere:1", 1_000.0)  # a 'timestamp' far in the past
+    running(study, "elsewhere:2", 7)  # silent from here on
+    watch = HeartbeatWatch(grace=100)
+
+    def stale_at(now: float) -> list[str | None]:
+        return [watch.stale(t, now) for t in study.get_trials()]
+
+    assert stale_at(0) == [None, None]  # first sight: nothing is known yet
+    skewed.set_user_attr("heartbeat", 1_010.0)  # it moved
+    assert stale_at(90) == [None, None]
+    assert stale_at(150)[0] is None  # changed at 90: 60 s ago
+    assert "unchanged for 150 s" in stale_at(150)[1]
+
+
+def test_a_worker_without_any_heartbeat_yet_is_given_the_grace_period():
+    study = optuna.create_study(direction="maximize")
+    running(study, "elsewhere:3")
+    watch = HeartbeatWatch(grace=100)
+    assert watch.stale(study.get_trials()[0], 0) is None
+    assert watch.stale(study.get_trials()[0], 50) is None
+    assert watch.stale(study.get_trials()[0], 101) is not None
+
+
+def test_retries_are_bounded():
+    study = optuna.create_study(direction="maximize")
+    study.tell(study.ask(X), state=TrialState.FAIL)
+    number = 0
+    for _ in range(MAX_RETRIES):
+        assert requeue(study, number, {"x": 0.5})
+        t = study.ask()
+        study.tell(t, state=TrialState.FAIL)
+        number = t.number
+    assert not requeue(study, number, {"x": 0.5})
+
+
+def test_an_interrupted_baseline_is_queued_again_as_the_baseline():
+    """Trial 0 (the base configuration) killed or interrupted mid-run: its retry must still be
+    the baseline, or the search would have nothing to judge its winner against."""
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({"x": 0.5}, user_attrs={"role": "baseline"})
+    t = study.ask(X)
+    study.tell(t, state=TrialState.FAIL)
+    assert requeue(study, t.number, t.params)
+    retry = study.ask(X)
+    assert retry.user_attrs == {"role": "baseline", "retry_of": 0}
+    assert retry.params == {"x": 0.5}
+    study.tell(retry, 0.7)
+    assert verdict(study.get_trials()).baseline.number == retry.number
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_outcome_is_recorded_loses_nothing(monkeypatch, tmp_path, sig):
+    """Ctrl-C (or the runner's SIGTERM) landing inside `study.tell` of a finished trial: the
+    trial must end COMPLETE, not be left RUNNING to be recovered and trained again."""
+    old_term = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        study = optuna.create_study(direction="maximize")
+        trial = study.ask(X)
+        monkeypatch.setattr(worker_mod, "_outcome",
+                            lambda *a: (TrialState.COMPLETE, 0.9, ""))
+        real_tell = study.tell
+
+        def tell(*a, **k):
+            os.kill(os.getpid(), sig)  # arrives in the middle of recording
+            return real_tell(*a, **k)
+
+        monkeypatch.setattr(study, "tell", tell)
+        defn = SearchDefinition(tmp_path, None, None, SearchSettings(study="s"))
+        with pytest.raises(KeyboardInterrupt):  # the interrupt still stops the worker...
+            worker_mod.run_one(study, trial, defn, None, worker_mod.Heartbeat())
+        t = study.get_trials()[0]  # ...after the outcome was recorded
+        assert t.state == TrialState.COMPLETE and t.value == 0.9
+        assert len(study.get_trials()) == 1  # nothing queued to run it again
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+
+
+def test_no_private_optuna_api():
+    """Private attributes (study._storage, trial._trial_id, ...) change between Optuna
+    releases without notice."""
+    private = re.compile(r"\.(_storage|_trial_id|_study_id|_cached_frozen_trial)\b")
+    hits = [f"{p.relative_to(SRC)}:{i}" for p in SRC.rglob("*.py")
+            for i, line in enumerate(p.read_text().splitlines(), 1) if private.search(line)]
+    assert not hits
+
+
+@pytest.mark.parametrize("error, oom", [
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB"),
+     True),
+    (MemoryError(), True),
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), False),
+])
+def test_out_of_memory_is_its_own_failure_and_can_be_retried(monkeypatch, tmp_path, error, oom):
+    def run_trial(trial, defn, data):
+        trial.suggest_float("x", 0, 1)
+        raise error
+
+    monkeypatch.setattr(worker_mod, "run_trial", run_trial)
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    defn = SearchDefinition(tmp_path, None, None, SearchSettings(study="s"))
+    worker_mod.run_one(study, trial, defn, None, worker_mod.Heartbeat())
+    failed = study.get_trials()[0]
+    assert failed.state == TrialState.FAIL
+    assert ("out of memory" in fail_reason(failed)) == oom
+    assert count(study.get_trials()).out_of_memory == int(oom)
+    assert retry_out_of_memory(study) == ([0] if oom else [])
+    assert retry_out_of_memory(study) == []  # once
+    if oom:
+        retry = study.get_trials()[1]
+        assert retry.state == TrialState.WAITING and retry.user_attrs["retry_of"] == 0
+        assert study.ask(X).params == failed.params
+    else:
+        assert (tmp_path / "trials" / "0000" / "error.txt").exists()
