@@ -275,8 +275,7 @@ def preset_values(name: str) -> dict[str, Any]:
 
 def apply(config: Config, values: dict[str, Any]) -> Config:
     """A copy of `config` with dotted-key `values` validated and set."""
-    config = dataclasses.replace(config)  # shallow; sections are replaced below
-    tree = config.to_dict()
+    tree = config.to_dict()  # a deep copy: `config` itself is never changed
     for key, value in values.items():
         k = full_key(key)
         node = tree

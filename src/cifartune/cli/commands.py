@@ -54,7 +54,7 @@ def print_evaluation(ev, title: str) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from cifartune.models import create_model, model_stats
+    from cifartune.models import describe_model
     from cifartune.train import train
     from cifartune.train.run import evaluate_model, start_run, write_run
 
@@ -64,7 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     data = load_data(config)  # before the run folder: bad data leaves nothing behind
     start_run(out, config)
     ui.err.print(f"run folder: {out}  (resolved config in {out / 'config.toml'})")
-    stats = model_stats(create_model(config.model, data.num_classes))
+    stats = describe_model(config.model, data.num_classes)
     ui.err.print(f"model: {config.model.arch}, {stats.describe()}")
     if data.val is None:
         ui.err.print("note: no validation split (data.val_size = 0), so the per-epoch accuracy "

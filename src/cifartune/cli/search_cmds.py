@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import textwrap
 import time
 from pathlib import Path
@@ -214,7 +213,7 @@ def print_summary(out: Path, snap) -> None:
 
 def final_run(out: Path) -> None:
     """Train the winner at the target on all training images; report on the test set."""
-    from cifartune.models import create_model, model_stats
+    from cifartune.models import describe_model
     from cifartune.search import best_config, load_run_study, load_search
     from cifartune.search.final import train_final
     from cifartune.search.trial import is_baseline
@@ -226,7 +225,7 @@ def final_run(out: Path) -> None:
     ui.err.print(f"\nfinal: training {who}, validation {ui.pct(v.winner.value)}, for "
                  f"{config.train.epochs:g} epochs on all training images -> {out / 'final'}")
     data = load_data(config)
-    ui.err.print(f"model: {model_stats(create_model(config.model, data.num_classes)).describe()}")
+    ui.err.print(f"model: {describe_model(config.model, data.num_classes).describe()}")
     with ui.epoch_progress(config.train.epochs) as bar:
         fin = train_final(defn, config, v, data, on_epoch=bar)
     print_evaluation(fin.test, f"final model ({who}, all training images) on the test set, "
@@ -260,8 +259,10 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
+    from cifartune._io import atomic_write_json
     from cifartune.search import ensemble, load_run_study, load_search
     from cifartune.train import resolve_device
+    from cifartune.train.run import test_metrics
 
     if args.top < 1:
         raise CifartuneError("--top must be at least 1")
@@ -278,13 +279,9 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     print_evaluation(res.evaluation, f"ensemble of the top {len(res.members)} trials "
                      f"({', '.join(map(str, res.members))}), averaged softmax")
     folder = Path(args.run) / f"ensemble-top{len(res.members)}"
-    folder.mkdir(exist_ok=True)
-    ev = res.evaluation
-    (folder / "metrics.json").write_text(json.dumps({
+    atomic_write_json(folder / "metrics.json", {
         "members": res.members, "member_test_accuracy": res.member_accuracy,
-        "test_accuracy": ev.accuracy, "test_accuracy_lossless": ev.accuracy_lossless,
-        "test_accuracy_lossy": ev.accuracy_lossy, "per_class": ev.per_class,
-        "confusion_matrix": ev.confusion, "seconds": time.perf_counter() - start}, indent=2))
+        **test_metrics(res.evaluation), "seconds": time.perf_counter() - start})
     ui.out.print(f"wrote {folder / 'metrics.json'}")
     return 0
 

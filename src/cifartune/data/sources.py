@@ -40,11 +40,11 @@ HOW_TO_POINT = ("point --data (or $CIFARTUNE_DATA) at a folder with train.npz/te
 def default_root() -> Path:
     if os.environ.get("CIFARTUNE_DATA"):
         return Path(os.environ["CIFARTUNE_DATA"]).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "cifartune"
+    return cache_dir()
 
 
 def cache_dir() -> Path:
+    """The per-user cache: `$XDG_CACHE_HOME/cifartune`, else `~/.cache/cifartune`."""
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(cache) / "cifartune"
 

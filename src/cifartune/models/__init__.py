@@ -4,10 +4,12 @@ from cifartune.models.registry import (
     Classifier,
     ModelStats,
     create_model,
+    describe_model,
     list_models,
     model_stats,
     register_model,
 )
 
-__all__ = ["Classifier", "ModelStats", "create_model", "list_models", "model_stats",
+__all__ = ["Classifier", "ModelStats", "create_model", "describe_model", "list_models",
+           "model_stats",
            "register_model"]

@@ -4,14 +4,16 @@ then need no separate preprocessing constants)."""
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from cifartune.config import ModelConfig
+from cifartune.config import ModelConfig, from_dict
 from cifartune.errors import ConfigError
 
 _REGISTRY: dict[str, Callable[[ModelConfig, int], nn.Module]] = {}
@@ -77,6 +79,17 @@ def model_stats(model: nn.Module, image_size: int = 32) -> ModelStats:
         model(torch.zeros(1, 3, image_size, image_size, device=device))
     model.train(was_training)
     return ModelStats(params, float(counter.get_total_flops()))
+
+
+def describe_model(cfg: ModelConfig, num_classes: int = 10) -> ModelStats:
+    """The statistics of the model `cfg` builds, computed once per configuration in a process
+    (the CLI prints them before training, the run's metrics record them after)."""
+    return _described(json.dumps(asdict(cfg), sort_keys=True), num_classes)
+
+
+@functools.lru_cache(maxsize=16)
+def _described(cfg_json: str, num_classes: int) -> ModelStats:
+    return model_stats(create_model(from_dict(json.loads(cfg_json), ModelConfig), num_classes))
 
 
 @register_model("fast")

@@ -62,10 +62,11 @@ def _read_cache(path: Path, key: str, n: int) -> np.ndarray | None:
 def best_model(defn: SearchDefinition, data: ReportData,
                folder: Path) -> BestModelData | None:
     """Evaluate the best model on the test set (logits cached per checkpoint version)."""
+    from cifartune._io import atomic_write
     from cifartune.config import all_training_images
     from cifartune.data import prepare_data
     from cifartune.train import resolve_device
-    from cifartune.train.checkpoint import atomic_write, load_checkpoint
+    from cifartune.train.checkpoint import load_checkpoint
     from cifartune.train.evaluate import summarize
     from cifartune.train.run import evaluate_model
 
@@ -92,8 +93,8 @@ def best_model(defn: SearchDefinition, data: ReportData,
 
 
 def build_report(run_dir: str | Path, with_model: bool = True) -> ReportResult:
+    from cifartune._io import atomic_write_text
     from cifartune.report import figures, html
-    from cifartune.train.checkpoint import atomic_write_text
 
     defn = load_search(Path(run_dir))
     trials = load_run_study(defn).get_trials(deepcopy=False)

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import optuna
 
+from cifartune._io import atomic_write_json, atomic_write_text
 from cifartune.config import Config, flatten, resolve_config
 from cifartune.errors import CifartuneError, ConfigError
 from cifartune.search.samplers import make_pruner, make_sampler
 from cifartune.search.space import SearchSpace, parse_space
-from cifartune.train.checkpoint import atomic_write_text
 
 JOURNAL = "study.journal"
 SETTINGS = "search.json"
@@ -124,7 +124,7 @@ def save_search(run_dir: Path, space: SearchSpace, base: Config,
                               "--out")
     atomic_write_text(run_dir / SPACE, space_text)
     atomic_write_text(run_dir / BASE_CONFIG, base_text)
-    atomic_write_text(run_dir / SETTINGS, json.dumps(asdict(settings), indent=2) + "\n")
+    atomic_write_json(run_dir / SETTINGS, asdict(settings))
 
 
 @dataclass

@@ -18,13 +18,14 @@ from pathlib import Path
 import numpy as np
 import optuna
 
+from cifartune._io import atomic_write_json, atomic_write_text
 from cifartune.config import Config, DataConfig, apply
 from cifartune.data import Dataset, load_dataset, prepare
 from cifartune.errors import CifartuneError
 from cifartune.search.samplers import rung_step
 from cifartune.search.study import SearchDefinition
 from cifartune.train import EpochReport, Evaluation, TrainResult, train
-from cifartune.train.checkpoint import WEIGHTS, atomic_write_text, save_checkpoint
+from cifartune.train.checkpoint import WEIGHTS, save_checkpoint
 from cifartune.train.run import evaluate_model, start_run
 
 # user attributes every trial carries (read by the live table, report and budgets)
@@ -191,5 +192,5 @@ def run_trial(trial: optuna.Trial, defn: SearchDefinition, data_for: TrialData) 
                "images_per_second": result.images_per_second,
                "trial_seconds": time.perf_counter() - start, "params": values,
                "baseline": baseline}
-    atomic_write_text(folder / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    atomic_write_json(folder / "metrics.json", metrics)
     return val.accuracy

@@ -5,40 +5,18 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from cifartune import __version__
+from cifartune._io import atomic_write
 from cifartune.config import Config, load_config_dict
 from cifartune.errors import CheckpointError, CifartuneError
 from cifartune.models import Classifier, create_model
 
 WEIGHTS = "model.safetensors"
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call `write(tmp_path)`, then rename over `path` (same folder, so the rename is atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def save_checkpoint(path: Path, model: Classifier, config: Config, classes: list[str]) -> None:

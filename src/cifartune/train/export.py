@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cifartune._io import atomic_write
 from cifartune.errors import CifartuneError
-from cifartune.train.checkpoint import atomic_write
 
 
 def export_onnx(model: nn.Module, path: Path, image_size: int = 32) -> None:

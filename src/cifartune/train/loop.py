@@ -20,7 +20,7 @@ from cifartune.config import Config
 from cifartune.data import Dataset, channel_stats, limit, prepare_data
 from cifartune.data.loader import TrainBatches, as_float, to_device
 from cifartune.errors import DivergenceError
-from cifartune.models import Classifier, ModelStats, create_model, model_stats
+from cifartune.models import Classifier, ModelStats, create_model, describe_model
 from cifartune.train._averaging import WeightAverage
 from cifartune.train._device import (
     keep_freed_memory,
@@ -46,10 +46,6 @@ class EpochReport:
     train_seconds: float  # cumulative, excludes evaluation
     images_per_second: float  # training throughput of this epoch
     lr: float  # learning-rate multiplier at the end of the epoch (1 = peak)
-
-    @property
-    def eta_seconds(self) -> float:
-        return self.train_seconds / self.epoch * (self.epochs - self.epoch)
 
 
 @dataclass
@@ -103,7 +99,8 @@ def train(config: Config, data: Dataset | None = None,
     steps_per_epoch = len(batches)
     total_steps = max(1, math.ceil(t.epochs * steps_per_epoch))
     n_epochs = math.ceil(total_steps / steps_per_epoch)
-    result = TrainResult(model, config, data.classes, model_stats(model), device, dtype)
+    stats = describe_model(config.model, data.num_classes)
+    result = TrainResult(model, config, data.classes, stats, device, dtype)
     step = 0
     for epoch in range(n_epochs):
         start = time.perf_counter()

@@ -9,7 +9,6 @@ Layout of `OUT/`:
 
 from __future__ import annotations
 
-import json
 import resource
 import sys
 from dataclasses import asdict
@@ -19,11 +18,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from cifartune._io import atomic_write_json, atomic_write_text
 from cifartune.config import Config
 from cifartune.data import Split
 from cifartune.data.loader import to_device
 from cifartune.train._device import resolve_dtype
-from cifartune.train.checkpoint import WEIGHTS, atomic_write_text, save_checkpoint
+from cifartune.train.checkpoint import WEIGHTS, save_checkpoint
 from cifartune.train.evaluate import Evaluation, predict_logits, summarize
 from cifartune.train.loop import TrainResult
 
@@ -53,14 +53,27 @@ def peak_memory_mb(device: torch.device) -> float:
     return kb / 2**20 if sys.platform == "darwin" else kb / 2**10
 
 
-def run_metrics(result: TrainResult, test: Evaluation, val: Evaluation | None = None) -> dict:
-    ips = result.images_per_second
-    m = {
+def test_metrics(test: Evaluation) -> dict:
+    """The test-set figures every metrics.json carries (a run's, a final model's, an
+    ensemble's)."""
+    return {
         "test_accuracy": test.accuracy,
         "test_accuracy_lossless": test.accuracy_lossless,
         "test_accuracy_lossy": test.accuracy_lossy,
         "n_test": test.n,
         "n_test_lossless": test.n_lossless,
+        "classes": test.classes,
+        "per_class": test.per_class,
+        "macro_avg": test.macro_avg,
+        "weighted_avg": test.weighted_avg,
+        "confusion_matrix": test.confusion,
+    }
+
+
+def run_metrics(result: TrainResult, test: Evaluation, val: Evaluation | None = None) -> dict:
+    ips = result.images_per_second
+    m = {
+        **test_metrics(test),
         "val_accuracy": val.accuracy if val else None,
         "epochs": result.config.train.epochs,
         "train_images_seen": result.images_seen,
@@ -73,11 +86,6 @@ def run_metrics(result: TrainResult, test: Evaluation, val: Evaluation | None = 
         "device": str(result.device),
         "precision": str(result.dtype).removeprefix("torch.") if result.dtype else "fp32",
         "peak_memory_mb": peak_memory_mb(result.device),
-        "classes": test.classes,
-        "per_class": test.per_class,
-        "macro_avg": test.macro_avg,
-        "weighted_avg": test.weighted_avg,
-        "confusion_matrix": test.confusion,
         "history": [asdict(h) for h in result.history],
     }
     return m
@@ -94,7 +102,7 @@ def write_run(out_dir: Path, result: TrainResult, test: Evaluation,
 
 
 def write_metrics(out_dir: Path, metrics: dict, test: Evaluation) -> None:
-    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    atomic_write_json(out_dir / "metrics.json", metrics)
     rows = [",".join(["true\\predicted", *test.classes])]
     rows += [",".join([c, *map(str, r)]) for c, r in zip(test.classes, test.confusion,
                                                           strict=True)]
