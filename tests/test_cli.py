@@ -179,3 +179,26 @@ def test_no_network_download_error(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "could not download" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def _help_screens() -> dict[str, str]:
+    """Every help screen: the top level and each command's."""
+    import argparse
+
+    from cifartune.cli.main import build_parser
+
+    parser = build_parser()
+    screens = {"cifartune": parser.format_help()}
+    for action in parser._actions:  # argparse offers no public way to list subparsers
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                screens[name] = sub.format_help()
+    return screens
+
+
+def test_help_screens_print_clean_text():
+    screens = _help_screens()
+    assert {"train", "search", "report", "best"} <= set(screens)
+    for name, text in screens.items():
+        assert "%%" not in text and "%(" not in text, name  # unformatted escapes
+        assert "usage:" in text, name

@@ -10,7 +10,7 @@ from cifartune.cli import _progress as ui
 from cifartune.errors import CifartuneError
 
 EPILOG = """examples:
-  cifartune train                                  # the fast recipe (~94%% on CIFAR-10)
+  cifartune train                                  # the fast recipe (~94% on CIFAR-10)
   cifartune train --preset seed --set epochs=2     # the original Keras ResNet configuration
   cifartune train --set seed=1 --set lr=0.2 --out runs/lr02
   cifartune evaluate runs/lr02                     # test accuracy, report, confusion matrix

@@ -55,17 +55,20 @@ def add_search_parser(sub) -> None:
                    "compares each rung's validation accuracy, and 'none' trains every trial "
                    "straight at the target; without rungs: each epoch's value of the space's "
                    "prune_on (validation accuracy, or the epoch's running training accuracy)")
-    p.add_argument("--n-trials", type=int, default=0, help="trials in the study in all "
-                   "(completed + pruned + failed), counting earlier runs")
-    p.add_argument("--timeout", type=float, default=0, help="seconds: start no new trial "
-                   "after this long (running trials finish)")
-    p.add_argument("--epoch-budget", type=float, default=0, help="total training epochs over "
-                   "all trials, counting earlier runs")
-    p.add_argument("--storage", default="", help="database URL (e.g. postgresql://...) for a "
-                   "study shared by workers on many machines; default: RUN/study.journal")
-    p.add_argument("--study", help="study name (default: the run folder's name)")
-    p.add_argument("--workers", type=int, default=1, help="local worker processes (one per "
-                   "GPU; on CPU the cores are split between them)")
+    p.add_argument("--n-trials", type=int, default=0, metavar="N",
+                   help="trials in the study in all (completed + pruned + failed), counting "
+                   "earlier runs")
+    p.add_argument("--timeout", type=float, default=0, metavar="SECONDS",
+                   help="start no new trial after this long (running trials finish)")
+    p.add_argument("--epoch-budget", type=float, default=0, metavar="EPOCHS",
+                   help="total training epochs over all trials, counting earlier runs")
+    p.add_argument("--storage", default="", metavar="URL",
+                   help="database URL (e.g. postgresql://...) for a study shared by workers "
+                   "on many machines; default: RUN/study.journal")
+    p.add_argument("--study", metavar="NAME", help="study name (default: the run folder's name)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="local worker processes (one per GPU; on CPU the cores are split "
+                   "between them)")
     p.add_argument("--seed", type=int, default=None, help="sampler seed: an uninterrupted "
                    "one-worker search draws the same trials again (default: none; each trial "
                    "is seeded by its number either way, so a resumed search, a restarted "
@@ -83,20 +86,28 @@ def add_search_parser(sub) -> None:
     p.add_argument("--out", metavar="RUN", help="run folder (default: runs/search-<time>)")
     p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser("spaces", help="list the built-in search spaces")
+    p = sub.add_parser("spaces", help="list the built-in search spaces",
+                       description="List the built-in search spaces, or print one as TOML "
+                       "(a starting point for --space FILE).")
     p.add_argument("name", nargs="?", help="print this space as TOML")
     p.set_defaults(func=cmd_spaces)
 
-    p = sub.add_parser("best", help="print the best configuration of a search as TOML",
-                       description="Print the best trial's configuration as a TOML file that "
-                       "'cifartune train --config' accepts.")
-    p.add_argument("run", metavar="RUN")
+    p = sub.add_parser("best", help="print the winning configuration of a search as TOML",
+                       description="Print the winner's configuration (the best trial at the "
+                       "target if it beats the baseline beyond noise, else the baseline) as a "
+                       "TOML file that 'cifartune train --config' accepts, set to train on all "
+                       "training images.")
+    p.add_argument("run", metavar="RUN", help="the search's run folder (its --out)")
     p.set_defaults(func=cmd_best)
 
     p = sub.add_parser("ensemble", help="test accuracy of the top K trials' averaged "
-                       "predictions")
-    p.add_argument("run", metavar="RUN")
-    p.add_argument("--top", type=int, default=3, metavar="K")
+                       "predictions", description="Average the softmax outputs of the best K "
+                       "trials' models (those with checkpoints) on the test set; writes "
+                       "RUN/ensemble-topK/metrics.json.")
+    p.add_argument("run", metavar="RUN", help="the search's run folder (its --out)")
+    p.add_argument("--top", type=int, default=3, metavar="K",
+                   help="how many of the best trials (by validation accuracy) to average "
+                   "(default 3)")
     p.add_argument("--data", metavar="PATH", help="dataset (default: the search's)")
     p.set_defaults(func=cmd_ensemble)
 
@@ -290,7 +301,7 @@ def add_report_parser(sub) -> None:
     p = sub.add_parser("report", help="write the HTML analysis report of a search",
                        description="Write RUN/report/index.html (self-contained, opens offline) "
                        "and the figures as PNG beside it. Works while the search runs.")
-    p.add_argument("run", metavar="RUN")
+    p.add_argument("run", metavar="RUN", help="the search's run folder (its --out)")
     p.add_argument("--no-model", action="store_true", help="skip evaluating the best model on "
                    "the test set (faster)")
     p.set_defaults(func=cmd_report)
@@ -298,9 +309,10 @@ def add_report_parser(sub) -> None:
     p = sub.add_parser("dashboard", help="open the search in optuna-dashboard",
                        description="Serve optuna-dashboard on the search's study storage and "
                        "print its URL (Ctrl-C to stop).")
-    p.add_argument("run", metavar="RUN")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("run", metavar="RUN", help="the search's run folder (its --out)")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: "
+                   "127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     p.set_defaults(func=cmd_dashboard)
 
 
