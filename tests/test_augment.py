@@ -65,9 +65,16 @@ def test_alternating_flip_shows_both_sides(small):
     assert torch.equal(e0.flip(-1), e1)  # odd epochs mirror what even epochs showed
 
 
-def test_train_batches_cover_the_data_once_per_epoch(small):
-    tb = TrainBatches(small.train, 128, AugmentConfig(), torch.device("cpu"), seed=0)
-    labels = torch.cat([y for _, y in tb.epoch(0)])
-    assert len(tb) == len(small.train) // 128 and len(labels) == len(tb) * 128
-    x, _ = next(iter(tb.epoch(1)))
-    assert x.shape == (128, 3, 32, 32) and x.dtype == torch.float32
+def test_train_batches_show_each_image_at_most_once_per_epoch(small):
+    def batches():
+        return TrainBatches(small.train, 128, AugmentConfig(), torch.device("cpu"), seed=0)
+    tb = batches()
+    epochs = [torch.cat(list(tb.indices())) for _ in range(2)]
+    for idx in epochs:
+        assert len(idx) == len(tb) * 128 == len(small.train) // 128 * 128
+        assert len(set(idx.tolist())) == len(idx)  # a permutation: no image twice
+    assert not torch.equal(epochs[0], epochs[1])  # reshuffled every epoch
+    # epoch() serves those indices' images and labels
+    same = batches()
+    x, y = next(iter(same.epoch(0)))
+    assert torch.equal(y, same.y[epochs[0][:128]]) and x.shape == (128, 3, 32, 32)

@@ -1,4 +1,3 @@
-import math
 
 import pytest
 import torch
@@ -37,24 +36,20 @@ def test_every_optimizer_trains(tiny_config, small, optimizer, schedule):
     lr = {"muon": 0.24, "sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}[optimizer]
     cfg = apply(tiny_config, {"optimizer": optimizer, "schedule": schedule, "lr": lr,
                               "l2": 5e-4 if optimizer == "adam" else 0.0,
-                              "warmup_epochs": 0.2})
-    result = train(cfg, limit(small, train=300))
-    assert math.isfinite(result.history[-1].train_loss)
-
-
-@pytest.mark.parametrize("averaging", ["ema", "lookahead"])
-def test_weight_averaging(tiny_config, small, averaging):
-    cfg = apply(tiny_config, {"averaging": averaging, "ema_every": 2, "ema_decay": 0.5})
-    plain = train(apply(tiny_config, {}), small).model.state_dict()
-    averaged = train(cfg, small).model.state_dict()
-    assert any(not torch.equal(plain[k], averaged[k]) for k in plain)
+                              "warmup_epochs": 0.2, "epochs": 3})
+    losses = [r.train_loss for r in train(cfg, limit(small, train=300)).history]
+    assert losses[-1] < losses[0], losses  # it learns (3 epochs of 3 steps)
 
 
 def test_resnet_with_dropout_and_affine_augmentation(tiny_config, small):
     cfg = apply(tiny_config, {"arch": "resnet", "depth": 2, "width": 8, "units": 32,
                               "dropout": 0.3, "rotate": 15.0, "shift": 0.1, "zoom": 0.1,
-                              "cutout": 8, "optimizer": "adam", "lr": 1e-3})
-    assert math.isfinite(train(cfg, small).history[-1].train_loss)
+                              "cutout": 8, "optimizer": "adam", "lr": 1e-3, "epochs": 3})
+    result = train(cfg, small)
+    drops = [m.p for m in result.model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert drops and all(p == 0.3 for p in drops)
+    losses = [r.train_loss for r in result.history]
+    assert losses[-1] < losses[0], losses
 
 
 def test_divergence_raises_a_typed_error(tiny_config, small):
@@ -121,7 +116,8 @@ def test_tta_views_are_mirror_invariant(tiny_config, small):
     assert not torch.allclose(levels[0], levels[1]) and not torch.allclose(levels[1], levels[2])
 
 
-def test_compile_option_trains(tiny_config, small):
-    cfg = apply(tiny_config, {"compile": True, "precision": "fp32"})
-    result = train(cfg, limit(small, train=300))
-    assert math.isfinite(result.history[-1].train_loss)
+def test_compiled_training_matches_eager(tiny_config, small):
+    cfg = apply(tiny_config, {"precision": "fp32"})
+    eager = train(cfg, limit(small, train=300)).history[-1]
+    compiled = train(apply(cfg, {"compile": True}), limit(small, train=300)).history[-1]
+    assert compiled.train_loss == pytest.approx(eager.train_loss, rel=1e-3)

@@ -132,16 +132,18 @@ def test_report_of_a_running_search(tmp_path, small_root):
     proc = search(run, space, small_root, "--n-trials", "50", wait=False)
     try:
         end = time.time() + 180
-        while time.time() < end:
+        while True:
             try:
                 d = compute(load_search(run), load_run_study(load_search(run)).get_trials())
                 if len(d.complete) >= 2:
                     break
             except Exception:  # noqa: BLE001 - not started yet
                 pass
+            assert time.time() < end, "the search completed fewer than 2 trials in 180 s"
             time.sleep(0.5)
         res = build_report(run, with_model=False)
-        assert res.data.counts.get("running", 0) + res.data.counts.get("complete", 0) >= 2
+        assert proc.poll() is None  # reported while the search still runs
+        assert res.data.counts.get("complete", 0) >= 2 and (run / "report/index.html").exists()
     finally:
         import os
         import signal

@@ -42,10 +42,15 @@ class TrainBatches:
     def __len__(self) -> int:
         return len(self.y) // self.batch_size
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def indices(self) -> Iterator[torch.Tensor]:
+        """One epoch's batches of image indices: a fresh permutation, each image at most once
+        (the last len % batch_size images of the permutation wait for the next epoch)."""
         order = torch.randperm(len(self.y), generator=self.gen, device=self.y.device)
         for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            yield order[i * self.batch_size:(i + 1) * self.batch_size]
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for idx in self.indices():
             yield self.augment(as_float(self.x[idx]), idx, epoch), self.y[idx]
 
     def augment(self, x: torch.Tensor, idx: torch.Tensor, epoch: int) -> torch.Tensor:
