@@ -258,6 +258,10 @@ def test_best_ensemble_final_and_memory(tmp_path, tiny_space, small_root, capsys
     assert "ensemble of the top 2 trials" in out
     m = json.loads((run / "ensemble-top2" / "metrics.json").read_text())
     assert len(m["members"]) == 2 and 0 < m["test_accuracy"] <= 1
+    # an ensemble's metrics.json carries the same test figures as a training run's
+    shared = {"test_accuracy_lossless", "n_test_lossless", "per_class", "macro_avg",
+              "weighted_avg", "confusion_matrix", "classes"}
+    assert shared <= set(m) and shared <= set(final)
 
 
 def test_trial_0_of_every_new_study_is_the_base_configuration(tmp_path, tiny_space,
