@@ -116,8 +116,30 @@ def test_tta_views_are_mirror_invariant(tiny_config, small):
     assert not torch.allclose(levels[0], levels[1]) and not torch.allclose(levels[1], levels[2])
 
 
-def test_compiled_training_matches_eager(tiny_config, small):
+def test_compiled_training_matches_eager(tiny_config, small, monkeypatch):
     cfg = apply(tiny_config, {"precision": "fp32"})
     eager = train(cfg, limit(small, train=300)).history[-1]
+    compiled_models = []
+    real_compile = torch.compile
+
+    def compile_(model, *args, **kwargs):
+        compiled_models.append(model)
+        return real_compile(model, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", compile_)
     compiled = train(apply(cfg, {"compile": True}), limit(small, train=300)).history[-1]
+    assert len(compiled_models) == 1  # the option reached torch.compile
     assert compiled.train_loss == pytest.approx(eager.train_loss, rel=1e-3)
+
+
+def test_a_run_does_not_depend_on_cached_model_statistics(tiny_config, small):
+    """The statistics are computed once per configuration by building a model, which draws
+    from torch's generator: the run after (dropout draws from it) must be the same."""
+    from cifartune.models.registry import _described
+
+    cfg = apply(tiny_config, {"arch": "resnet", "depth": 2, "width": 8, "units": 32,
+                              "dropout": 0.3, "optimizer": "adam", "lr": 1e-3})
+    _described.cache_clear()
+    cold = train(cfg, small).model.state_dict()
+    warm = train(cfg, small).model.state_dict()  # statistics cached now
+    assert all(torch.equal(cold[k], warm[k]) for k in cold)

@@ -120,10 +120,10 @@ class TrainConfig:
     # 0.9 every 5 steps averages about the last 50 steps: the last 2 of the fast recipe's 8
     # epochs (22 steps each), not most of the run.
     ema_decay: float = _f(0.9, "ema: weight of the old average per update (bias-corrected)",
-                          lo=0, hi=1)
+                          lo=0, hi=0.9999)  # 1 would never move the average off zero
     ema_every: int = _f(5, "ema/lookahead: optimizer steps between updates", lo=1)
     lookahead_alpha: float = _f(0.5, "lookahead: fraction of the way the slow weights move "
-                                "toward the fast ones per update", lo=0, hi=1)
+                                "toward the fast ones per update", lo=0.01, hi=1)  # 0: no training
     tta: int = _f(2, "test-time augmentation: 0 none, 1 flip, 2 flip + translate", lo=0, hi=2)
     eval_batch_size: int = _f(1000, "images per evaluation batch", lo=1)
     monitor_images: int = _f(2000, "without a validation split, the per-epoch accuracy curve "

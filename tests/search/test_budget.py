@@ -35,8 +35,8 @@ def test_counts_and_trial_budget():
 def test_queued_retries_always_run_and_replace_their_failed_original():
     study = study_with([TrialState.COMPLETE, TrialState.FAIL])
     failed = study.get_trials()[1]
-    assert requeue(study, failed.number, failed.params)
-    assert not requeue(study, failed.number, failed.params)  # once per original
+    assert requeue(study, failed, "worker died")
+    assert not requeue(study, failed, "worker died")  # once per original
     c = count(study.get_trials())
     assert c.failed == 0 and c.retried == 1 and c.waiting == 1
     assert may_start(study, SearchSettings(study="s", n_trials=2), 0)  # the retry runs

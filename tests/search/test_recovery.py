@@ -77,16 +77,19 @@ def test_a_worker_without_any_heartbeat_yet_is_given_the_grace_period():
     assert watch.stale(study.get_trials()[0], 101) is not None
 
 
-def test_retries_are_bounded():
+def test_retries_are_bounded_and_say_why():
     study = optuna.create_study(direction="maximize")
-    study.tell(study.ask(X), state=TrialState.FAIL)
-    number = 0
+    t = study.ask(X)
+    study.tell(t, state=TrialState.FAIL)
     for _ in range(MAX_RETRIES):
-        assert requeue(study, number, {"x": 0.5})
-        t = study.ask()
+        assert requeue(study, study.get_trials()[-1], "worker x died (process gone)")
+        t = study.ask(X)
         study.tell(t, state=TrialState.FAIL)
-        number = t.number
-    assert not requeue(study, number, {"x": 0.5})
+    assert not requeue(study, study.get_trials()[-1], "again")
+    trials = study.get_trials()
+    assert fail_reason(trials[0], trials) == \
+        "worker x died (process gone); queued again as trial 1"
+    assert all(t.params == trials[0].params for t in trials)
 
 
 def test_an_interrupted_baseline_is_queued_again_as_the_baseline():
@@ -96,12 +99,59 @@ def test_an_interrupted_baseline_is_queued_again_as_the_baseline():
     study.enqueue_trial({"x": 0.5}, user_attrs={"role": "baseline"})
     t = study.ask(X)
     study.tell(t, state=TrialState.FAIL)
-    assert requeue(study, t.number, t.params)
+    assert requeue(study, t, "interrupted")
     retry = study.ask(X)
-    assert retry.user_attrs == {"role": "baseline", "retry_of": 0}
+    assert retry.user_attrs["role"] == "baseline" and retry.user_attrs["retry_of"] == 0
     assert retry.params == {"x": 0.5}
     study.tell(retry, 0.7)
     assert verdict(study.get_trials()).baseline.number == retry.number
+
+
+def test_a_baseline_killed_before_drawing_its_parameters_is_queued_with_them():
+    """Killed between `ask` and `suggest`: the trial has no params yet; its retry must still
+    be the base configuration, not a random draw."""
+    from cifartune.config import Config
+    from cifartune.search import load_space
+    from cifartune.search.runner import enqueue_baseline
+
+    space = load_space("fast")
+    study = optuna.create_study(direction="maximize")
+    enqueue_baseline(study, space, Config())
+    t = study.ask()  # no suggest: it dies here
+    t.set_user_attr("worker", f"{machine_id()}:99999999")
+    assert study.get_trials()[0].params == {}
+    assert [n for n, _ in recover_stale(study, HeartbeatWatch())] == [0]
+    retry = study.ask()
+    values = space.suggest(retry)
+    assert retry.user_attrs["role"] == "baseline"
+    assert values == space.values_of(Config())
+
+
+def test_a_trial_of_this_machine_before_a_reboot_is_dead_at_once(monkeypatch):
+    from cifartune.search import _recovery
+
+    study = optuna.create_study(direction="maximize")
+    host = _recovery.socket.gethostname()
+    monkeypatch.setattr(_recovery, "_boot_id", lambda: "aaaaaaaa")
+    running(study, f"{host}-bbbbbbbb:{os.getpid()}", 3)  # same host, another boot
+    running(study, f"{host}-aaaaaaaa:{os.getpid()}", 3)  # this boot, alive
+    watch = HeartbeatWatch()
+    why = [watch.stale(t, 0) for t in study.get_trials()]
+    assert "rebooted" in why[0] and why[1] is None
+
+
+def test_a_stopping_search_waits_for_running_trials_never_seen_alive():
+    study = optuna.create_study(direction="maximize")
+    beating = running(study, "elsewhere:1", 1)
+    running(study, "elsewhere:2", 1)  # silent: a dead machine's, or not yet seen
+    watch = HeartbeatWatch(grace=100)
+    for t in study.get_trials():
+        watch.stale(t, 0)
+    assert watch.undecided(study.get_trials()) == [0, 1]
+    beating.set_user_attr("heartbeat", 2)
+    for t in study.get_trials():
+        watch.stale(t, 10)
+    assert watch.undecided(study.get_trials()) == [1]  # trial 0 is alive: not waited for
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -113,7 +163,7 @@ def test_a_signal_while_the_outcome_is_recorded_loses_nothing(monkeypatch, tmp_p
         study = optuna.create_study(direction="maximize")
         trial = study.ask(X)
         monkeypatch.setattr(worker_mod, "_outcome",
-                            lambda *a: (TrialState.COMPLETE, 0.9, ""))
+                            lambda *a: worker_mod.Outcome(TrialState.COMPLETE, 0.9))
         real_tell = study.tell
 
         def tell(*a, **k):
@@ -122,8 +172,10 @@ def test_a_signal_while_the_outcome_is_recorded_loses_nothing(monkeypatch, tmp_p
 
         monkeypatch.setattr(study, "tell", tell)
         defn = SearchDefinition(tmp_path, None, None, SearchSettings(study="s"))
+        heartbeat = worker_mod.Heartbeat()
         with pytest.raises(KeyboardInterrupt):  # the interrupt still stops the worker...
-            worker_mod.run_one(study, trial, defn, None, worker_mod.Heartbeat())
+            worker_mod.run_one(study, trial, defn, None, heartbeat)
+        heartbeat.close()
         t = study.get_trials()[0]  # ...after the outcome was recorded
         assert t.state == TrialState.COMPLETE and t.value == 0.9
         assert len(study.get_trials()) == 1  # nothing queued to run it again
@@ -155,12 +207,14 @@ def test_out_of_memory_is_its_own_failure_and_can_be_retried(monkeypatch, tmp_pa
     study = optuna.create_study(direction="maximize")
     trial = study.ask()
     defn = SearchDefinition(tmp_path, None, None, SearchSettings(study="s"))
-    worker_mod.run_one(study, trial, defn, None, worker_mod.Heartbeat())
+    heartbeat = worker_mod.Heartbeat()
+    worker_mod.run_one(study, trial, defn, None, heartbeat)
+    heartbeat.close()
     failed = study.get_trials()[0]
     assert failed.state == TrialState.FAIL
     assert ("out of memory" in fail_reason(failed)) == oom
     assert count(study.get_trials()).out_of_memory == int(oom)
-    assert retry_out_of_memory(study) == ([0] if oom else [])
+    assert retry_out_of_memory(study) == ([(0, True)] if oom else [])
     assert retry_out_of_memory(study) == []  # once
     if oom:
         retry = study.get_trials()[1]

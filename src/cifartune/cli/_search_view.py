@@ -107,7 +107,7 @@ class SearchView:
         for x in s.trials:  # plain log: one line per trial as it finishes
             if x.state.is_finished() and x.number not in self.reported:
                 self.reported.add(x.number)
-                reason = fail_reason(x)
+                reason = fail_reason(x, s.trials)
                 params = ", ".join(f"{k}={fmt(v)}"
                                    for k, v in self.space.decode_params(x.params).items())
                 base = " (baseline)" if is_baseline(x) else ""

@@ -68,7 +68,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     ui.err.print(f"model: {config.model.arch}, {stats.describe()}")
     if data.val is None:
         ui.err.print("note: no validation split (data.val_size = 0), so the per-epoch accuracy "
-                     f"is on {config.train.monitor_images or len(data.test)} test images: watch "
+                     f"is on {min(config.train.monitor_images or len(data.test), len(data.test))} "
+                     "test images: watch "
                      "the run with it, never choose settings or epochs by it (hold out a "
                      "validation split with --set val_size=5000, or use 'cifartune search')")
     with ui.epoch_progress(config.train.epochs) as bar:

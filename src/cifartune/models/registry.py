@@ -89,7 +89,11 @@ def describe_model(cfg: ModelConfig, num_classes: int = 10) -> ModelStats:
 
 @functools.lru_cache(maxsize=16)
 def _described(cfg_json: str, num_classes: int) -> ModelStats:
-    return model_stats(create_model(from_dict(json.loads(cfg_json), ModelConfig), num_classes))
+    # Building a model draws from torch's global generator: leave it as the caller seeded it,
+    # so a run is the same whether or not these statistics were cached already.
+    with torch.random.fork_rng(devices=[]):
+        return model_stats(create_model(from_dict(json.loads(cfg_json), ModelConfig),
+                                        num_classes))
 
 
 @register_model("fast")

@@ -127,7 +127,7 @@ def trial_rows(defn: SearchDefinition, trials: list[FrozenTrial]) -> list[TrialR
             value=t.value if t.state == TrialState.COMPLETE else None,
             params=defn.space.decode_params(t.params),
             epochs=float(t.user_attrs.get(ATTR_EPOCHS, 0)), seconds=seconds,
-            reason=fail_reason(t), curve=curve, started=start,
+            reason=fail_reason(t, trials), curve=curve, started=start,
             finished=end, baseline=is_baseline(t),
             rung_scores=list(t.user_attrs.get(ATTR_RUNG_SCORES, [])),
             score=screening_score(defn, t)))

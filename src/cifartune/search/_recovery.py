@@ -22,7 +22,9 @@ from optuna.trial import FrozenTrial, TrialState
 from cifartune.search.trial import (
     ATTR_FAIL_KIND,
     ATTR_HEARTBEAT,
+    ATTR_QUEUED,
     ATTR_RETRY_OF,
+    ATTR_RETRY_WHY,
     ATTR_ROLE,
     ATTR_WORKER,
     KIND_OOM,
@@ -32,14 +34,25 @@ STALE_SECONDS = 120.0  # a running trial whose heartbeat has not moved this long
 MAX_RETRIES = 2  # a configuration whose worker dies this often is failed for good
 
 
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    except OSError:
+        return ""
+
+
 def machine_id() -> str:
     """Host name plus this boot's id: containers on different hosts may share a host name,
     and a PID is only meaningful on the machine (and boot) that issued it."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
-    except OSError:
-        boot = ""
+    boot = _boot_id()
     return f"{socket.gethostname()}-{boot}" if boot else socket.gethostname()
+
+
+def _earlier_boot(machine: str) -> bool:
+    """Whether `machine` (a machine_id) is this host before its last reboot."""
+    here = machine_id()
+    return bool(_boot_id()) and machine != here and len(machine) == len(here) \
+        and machine.startswith(socket.gethostname() + "-")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -58,7 +71,8 @@ class HeartbeatWatch:
 
     def __init__(self, grace: float = STALE_SECONDS) -> None:
         self.grace = grace
-        self.seen: dict[int, tuple[object, float]] = {}  # number -> (heartbeat, when changed)
+        # number -> (heartbeat, when it last changed, whether it was seen to change)
+        self.seen: dict[int, tuple[object, float, bool]] = {}
 
     def stale(self, t: FrozenTrial, now: float | None = None) -> str | None:
         """Why a RUNNING trial's worker is gone, or None if it looks alive. `now`: a
@@ -68,36 +82,46 @@ class HeartbeatWatch:
             return None
         now = time.monotonic() if now is None else now
         worker = str(t.user_attrs.get(ATTR_WORKER, ""))
-        host, _, pid = worker.rpartition(":")
-        if host == machine_id() and pid.isdigit() and not _pid_alive(int(pid)):
+        machine, _, pid = worker.rpartition(":")
+        if machine == machine_id() and pid.isdigit() and not _pid_alive(int(pid)):
             return f"worker {worker} died (process gone)"
+        if _earlier_boot(machine):
+            return f"worker {worker} died (this machine has rebooted since)"
         beat = t.user_attrs.get(ATTR_HEARTBEAT)
         last = self.seen.get(t.number)
         if last is None or last[0] != beat:
-            self.seen[t.number] = (beat, now)
+            self.seen[t.number] = (beat, now, last is not None)
             return None
         if now - last[1] > self.grace:
             return f"worker {worker or '?'} died (heartbeat unchanged for {now - last[1]:.0f} s)"
         return None
 
+    def undecided(self, trials: list[FrozenTrial]) -> list[int]:
+        """RUNNING trials not yet seen alive (heartbeat moving) nor judged dead: a search
+        about to stop waits for them, or a trial of a dead machine would stay RUNNING."""
+        return [t.number for t in trials if t.state == TrialState.RUNNING
+                and not (t.number in self.seen and self.seen[t.number][2])]
 
-def requeue(study: optuna.Study, number: int, params: dict) -> bool:
-    """Queue a trial again with the same parameters (once per original, at most MAX_RETRIES
-    times along a chain of retries). Returns whether it was queued."""
+
+def requeue(study: optuna.Study, t: FrozenTrial | optuna.Trial, why: str) -> bool:
+    """Queue trial `t` again with the same parameters (once per original, at most MAX_RETRIES
+    times along a chain of retries), saying why. A trial that died before drawing its
+    parameters keeps those it was queued with (a baseline stays the baseline). Returns
+    whether it was queued."""
     trials = study.get_trials(deepcopy=False)
-    if any(t.user_attrs.get(ATTR_RETRY_OF) == number for t in trials):
+    if any(r.user_attrs.get(ATTR_RETRY_OF) == t.number for r in trials):
         return False
-    by_number = {t.number: t for t in trials}
-    depth, n = 0, number
+    by_number = {r.number: r for r in trials}
+    depth, n = 0, t.number
     while n in by_number and by_number[n].user_attrs.get(ATTR_RETRY_OF) is not None:
         n = by_number[n].user_attrs[ATTR_RETRY_OF]
         depth += 1
     if depth >= MAX_RETRIES:
         return False
-    attrs = {ATTR_RETRY_OF: number}
-    original = by_number.get(number)
-    if original is not None and ATTR_ROLE in original.user_attrs:
-        attrs[ATTR_ROLE] = original.user_attrs[ATTR_ROLE]  # a retried baseline stays one
+    params = dict(t.params) or dict(t.user_attrs.get(ATTR_QUEUED, {}))
+    attrs = {ATTR_RETRY_OF: t.number, ATTR_RETRY_WHY: why, ATTR_QUEUED: params}
+    if ATTR_ROLE in t.user_attrs:
+        attrs[ATTR_ROLE] = t.user_attrs[ATTR_ROLE]  # a retried baseline stays one
     study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
     return True
 
@@ -105,7 +129,7 @@ def requeue(study: optuna.Study, number: int, params: dict) -> bool:
 def recover_stale(study: optuna.Study, watch: HeartbeatWatch) -> list[tuple[int, str]]:
     """Fail the trials of dead workers and queue each again; returns (number, why) of each.
     A trial failed here has no fail_reason of its own (Optuna's public API cannot set one on
-    another process's trial): `trial.fail_reason` reads that as "its worker died"."""
+    another process's trial): its retry carries why (`trial.fail_reason` reads it)."""
     recovered = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         why = watch.stale(t)
@@ -116,17 +140,18 @@ def recover_stale(study: optuna.Study, watch: HeartbeatWatch) -> list[tuple[int,
         except (RuntimeError, ValueError, optuna.exceptions.UpdateFinishedTrialError):
             continue  # it finished after all, or another process recovered it first
         watch.seen.pop(t.number, None)
-        requeue(study, t.number, t.params)
+        requeue(study, t, why)
         recovered.append((t.number, why))
     return recovered
 
 
-def retry_out_of_memory(study: optuna.Study) -> list[int]:
-    """Queue again every trial that ran out of memory and has not been retried (the user asked:
+def retry_out_of_memory(study: optuna.Study) -> list[tuple[int, bool]]:
+    """Queue again every trial that ran out of memory and has no retry yet (the user asked:
     memory depends on the machine and how many workers share it, not only the configuration).
-    Returns their numbers."""
-    queued = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        if t.user_attrs.get(ATTR_FAIL_KIND) == KIND_OOM and requeue(study, t.number, t.params):
-            queued.append(t.number)
-    return queued
+    Returns (number, queued) of each; not queued: it has been retried MAX_RETRIES times.
+    Two machines asking at once may both queue one (a check, then a write)."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {r.user_attrs.get(ATTR_RETRY_OF) for r in trials}
+    return [(t.number, requeue(study, t, "out of memory; --retry-oom"))
+            for t in trials if t.state == TrialState.FAIL and t.number not in retried
+            and t.user_attrs.get(ATTR_FAIL_KIND) == KIND_OOM]

@@ -20,7 +20,7 @@ from cifartune.config import Config
 from cifartune.search import _budget, _recovery
 from cifartune.search.space import SearchSpace
 from cifartune.search.study import SearchSettings, create_or_open_study, save_search
-from cifartune.search.trial import ATTR_ROLE, ROLE_BASELINE, is_baseline
+from cifartune.search.trial import ATTR_QUEUED, ATTR_ROLE, ROLE_BASELINE, is_baseline
 from cifartune.search.winner import baseline_of, ranked
 
 MAX_RESTARTS = 5  # per worker slot: a worker that keeps crashing is given up on
@@ -66,7 +66,8 @@ def enqueue_baseline(study: optuna.Study, space: SearchSpace, base: Config,
     values = space.values_of(base)
     params = {p.name: p.encode(values[p.name]) for p in space.params
               if p.name in values and p.contains(values[p.name])}
-    study.enqueue_trial(params, user_attrs={ATTR_ROLE: ROLE_BASELINE}, skip_if_exists=True)
+    study.enqueue_trial(params, user_attrs={ATTR_ROLE: ROLE_BASELINE, ATTR_QUEUED: params},
+                        skip_if_exists=True)
     return True
 
 
@@ -90,6 +91,7 @@ def estimate_eta(c: _budget.Counts, trials: list[FrozenTrial], settings: SearchS
 class _Workers:
     def __init__(self, run_dir: Path, settings: SearchSettings, deadline: float) -> None:
         self.run_dir, self.settings, self.deadline = run_dir, settings, deadline
+        self.fatal = False  # a worker hit a user error (e.g. data missing): start no more
         self.procs: list[subprocess.Popen | None] = [None] * settings.workers
         self.restarts = [0] * settings.workers
         (run_dir / "workers").mkdir(parents=True, exist_ok=True)
@@ -130,6 +132,7 @@ class _Workers:
                 continue
             if p.returncode == _budget.EXIT_USER_ERROR:  # e.g. data missing: restarting cannot help
                 self.procs[i] = None
+                self.fatal = True
                 events.append(f"worker {i} stopped: {_last_line(self.log(i))}")
                 continue
             self.procs[i] = None
@@ -187,8 +190,9 @@ def run_search(run_dir: Path, space: SearchSpace, base: Config, settings: Search
     enqueue_baseline(study, space, base, created)
     events = [f"trial {n}: {why}; failed and queued again" for n, why in recovered]
     if retry_oom:
-        events += [f"trial {n}: ran out of memory; queued again (--retry-oom)"
-                   for n in _recovery.retry_out_of_memory(study)]
+        events += [f"trial {n}: ran out of memory; " + ("queued again (--retry-oom)" if queued
+                   else f"not queued: retried {_recovery.MAX_RETRIES} times already")
+                   for n, queued in _recovery.retry_out_of_memory(study)]
     workers = _Workers(run_dir, settings, deadline)
     for i in range(settings.workers):
         workers.start(i)
@@ -203,11 +207,28 @@ def run_search(run_dir: Path, space: SearchSpace, base: Config, settings: Search
             if on_poll:
                 on_poll(snap)
             if not snap.workers:
+                # Before stopping: a RUNNING trial never seen alive may be a dead machine's
+                # (it counts against the budget, so nobody would run it): wait until it is
+                # seen alive or judged dead, and run what that queued again.
+                if _recovery_pending(study, watch, workers, snap):
+                    continue
                 return snapshot(study, settings, start, deadline, 0, [])
     finally:  # Ctrl-C, or any error here: never leave workers running unattended
         if workers.alive():
             workers.stop()
             _recovery.recover_stale(study, watch)
+
+
+def _recovery_pending(study: optuna.Study, watch: _recovery.HeartbeatWatch, workers: _Workers,
+                      snap: Snapshot) -> bool:
+    """Whether the search must go on polling with no worker alive; starts one for trials
+    queued again by recovery."""
+    if workers.fatal:
+        return False
+    if snap.counts.waiting and _budget.may_start(study, workers.settings, workers.deadline):
+        workers.start(0)
+        return True
+    return bool(watch.undecided(snap.trials))
 
 
 def snapshot(study: optuna.Study, settings: SearchSettings, start: float, deadline: float,

@@ -36,6 +36,8 @@ ATTR_SECONDS = "train_seconds"
 ATTR_REASON = "fail_reason"
 ATTR_FAIL_KIND = "fail_kind"  # KIND_OOM: failures the user may retry (--retry-oom)
 ATTR_RETRY_OF = "retry_of"
+ATTR_RETRY_WHY = "retry_reason"  # on a retry: why its original was queued again
+ATTR_QUEUED = "queued_params"  # on a queued trial: its parameters (kept if it dies unsampled)
 ATTR_WORKER = "worker"  # host:pid
 ATTR_HEARTBEAT = "heartbeat"  # a counter the worker bumps while it lives (see _recovery)
 ATTR_RSS = "worker_peak_rss_mb"  # worker's peak memory after the trial (growth = a leak)
@@ -98,13 +100,19 @@ def is_baseline(t: optuna.trial.FrozenTrial | optuna.Trial) -> bool:
 DIED = "its worker died before recording an outcome; failed by recovery and queued again"
 
 
-def fail_reason(t: optuna.trial.FrozenTrial) -> str:
+def fail_reason(t: optuna.trial.FrozenTrial,
+                trials: list[optuna.trial.FrozenTrial] | None = None) -> str:
     """Why a trial failed. Every failure a worker records carries its reason; a failed trial
     without one was failed by another process because its worker died (Optuna's public API
-    cannot write another process's trial attributes)."""
+    cannot write another process's trial attributes): its retry, among `trials`, says why."""
     if t.state != optuna.trial.TrialState.FAIL:
         return ""
-    return str(t.user_attrs.get(ATTR_REASON) or DIED)
+    if t.user_attrs.get(ATTR_REASON):
+        return str(t.user_attrs[ATTR_REASON])
+    retry = next((r for r in trials or [] if r.user_attrs.get(ATTR_RETRY_OF) == t.number), None)
+    if retry is not None and retry.user_attrs.get(ATTR_RETRY_WHY):
+        return f"{retry.user_attrs[ATTR_RETRY_WHY]}; queued again as trial {retry.number}"
+    return DIED
 
 
 class _Stage:

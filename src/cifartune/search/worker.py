@@ -20,6 +20,7 @@ import threading
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import optuna
 import torch
@@ -76,6 +77,10 @@ class Heartbeat:
         while not self._stop.wait(HEARTBEAT_SECONDS):
             self._beat()
 
+    def close(self) -> None:
+        self.watch(None)
+        self._stop.set()
+
 
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
@@ -103,25 +108,28 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-Outcome = tuple[TrialState, float | None, str]  # state, value, failure reason
+class Outcome(NamedTuple):
+    state: TrialState
+    value: float | None = None
+    reason: str = ""  # why it failed
+    kind: str = ""  # KIND_OOM: a failure the user may retry (--retry-oom)
 
 
 def _outcome(trial: optuna.Trial, defn: SearchDefinition, data: TrialData) -> Outcome:
     """Run the trial; return its state, value and (for failures) the reason."""
     try:
-        return TrialState.COMPLETE, run_trial(trial, defn, data), ""
+        return Outcome(TrialState.COMPLETE, run_trial(trial, defn, data))
     except optuna.TrialPruned:
-        return TrialState.PRUNED, None, ""
+        return Outcome(TrialState.PRUNED)
     except (DivergenceError, CifartuneError) as e:
-        return TrialState.FAIL, None, str(e)
+        return Outcome(TrialState.FAIL, reason=str(e))
     except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
         if isinstance(e, RuntimeError) and not _is_oom(e):
             return _crashed(trial, defn, e)
         # Memory is the machine's (and the other workers') as much as the configuration's.
-        trial.set_user_attr(ATTR_FAIL_KIND, KIND_OOM)
-        return TrialState.FAIL, None, (
+        return Outcome(TrialState.FAIL, kind=KIND_OOM, reason=(
             "out of memory: rerun with fewer --workers and --retry-oom to try it again (or "
-            "lower batch_size or the model size)")
+            "lower batch_size or the model size)"))
     except Exception as e:  # noqa: BLE001 - any bug in one trial must not stop the search
         return _crashed(trial, defn, e)
 
@@ -136,7 +144,8 @@ def _crashed(trial: optuna.Trial, defn: SearchDefinition, e: Exception) -> Outco
     folder = trial_dir(defn.run_dir, trial.number)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "error.txt").write_text(traceback.format_exc())
-    return TrialState.FAIL, None, f"{type(e).__name__}: {e} (traceback in {folder}/error.txt)"
+    return Outcome(TrialState.FAIL,
+                   reason=f"{type(e).__name__}: {e} (traceback in {folder}/error.txt)")
 
 
 def next_trial(study: optuna.Study, defn: SearchDefinition,
@@ -157,20 +166,22 @@ def run_one(study: optuna.Study, trial: optuna.Trial, defn: SearchDefinition, da
             heartbeat: Heartbeat) -> None:
     heartbeat.watch(trial)
     outcome: Outcome | None = None
+    recorded = False
     try:
         outcome = _outcome(trial, defn, data)
         heartbeat.watch(None)
         with signals_deferred():
             _record(study, trial, outcome)
+            recorded = True
     except KeyboardInterrupt:
         heartbeat.watch(None)
         with signals_deferred(), contextlib.suppress(Exception):
-            if outcome is not None:  # interrupted between training and recording: record it
-                _record(study, trial, outcome)
-            else:
+            if outcome is None:  # interrupted while training: run it again on resume
                 trial.set_user_attr(ATTR_REASON, "interrupted (Ctrl-C); queued again for resume")
                 study.tell(trial, state=TrialState.FAIL)
-                requeue(study, trial.number, trial.params)
+                requeue(study, trial, "interrupted (Ctrl-C)")
+            elif not recorded:  # interrupted between training and recording: record it
+                _record(study, trial, outcome)
         raise
     gc.collect()  # free the model and optimizer state before the next trial
     if defn.settings.keep_top:
@@ -178,12 +189,13 @@ def run_one(study: optuna.Study, trial: optuna.Trial, defn: SearchDefinition, da
 
 
 def _record(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> None:
-    state, value, reason = outcome
     try:
         trial.set_user_attr(ATTR_RSS, round(_rss_mb(), 1))
-        if reason:
-            trial.set_user_attr(ATTR_REASON, reason[:2000])
-        study.tell(trial, value, state=state, skip_if_finished=True)
+        if outcome.reason:
+            trial.set_user_attr(ATTR_REASON, outcome.reason[:2000])
+        if outcome.kind:
+            trial.set_user_attr(ATTR_FAIL_KIND, outcome.kind)
+        study.tell(trial, outcome.value, state=outcome.state, skip_if_finished=True)
     except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
         pass  # another process judged this trial's worker dead and failed it meanwhile
 
@@ -227,6 +239,8 @@ def main(argv: list[str]) -> int:
             run_one(study, trial, defn, data, heartbeat)
     except KeyboardInterrupt:
         return 130
+    finally:
+        heartbeat.close()
     return 0
 
 

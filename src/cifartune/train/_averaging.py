@@ -31,6 +31,7 @@ class WeightAverage:
             raise ValueError(f"unknown weight averaging {mode!r}")
         self.mode, self.decay, self.every, self.alpha = mode, decay, every, alpha
         self.updates = 0
+        self.steps = 0  # optimizer steps seen
         state = _float_state(model)
         if mode == "ema":
             self.avg = {k: torch.zeros_like(v, dtype=torch.float32) for k, v in state.items()}
@@ -40,7 +41,8 @@ class WeightAverage:
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         """Call after optimizer step number `step` (counted from 0)."""
-        if (step + 1) % self.every:
+        self.steps = step + 1
+        if self.steps % self.every:
             return
         self.updates += 1
         rate = 1.0 - self.decay if self.mode == "ema" else self.alpha
@@ -49,12 +51,18 @@ class WeightAverage:
             if self.mode == "lookahead":
                 v.copy_(self.avg[k])
 
-    def weights(self) -> dict[str, torch.Tensor]:
-        """The averaged weights (float32). Before the first update: empty (use the model's)."""
+    @torch.no_grad()
+    def weights(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The averaged weights (float32) the run would hand back now. Lookahead takes in the
+        fast steps since its last update (a run's steps need not be a multiple of k). EMA
+        before its first update: empty (the model's own)."""
+        if self.mode == "lookahead":
+            if not self.steps % self.every:
+                return self.avg
+            fast = _float_state(model)
+            return {k: v.lerp(fast[k].float(), self.alpha) for k, v in self.avg.items()}
         if not self.updates:
             return {}
-        if self.mode == "lookahead":
-            return self.avg
         correction = 1.0 - self.decay ** self.updates
         return {k: v / correction for k, v in self.avg.items()}
 
@@ -64,7 +72,7 @@ class WeightAverage:
         """The model with the averaged weights, restored to its own on exit."""
         state = _float_state(model)
         saved = {k: v.clone() for k, v in state.items()}
-        _load(state, self.weights())
+        _load(state, self.weights(model))
         try:
             yield model
         finally:
@@ -73,7 +81,7 @@ class WeightAverage:
     @torch.no_grad()
     def finalize(self, model: nn.Module) -> None:
         """Keep the averaged weights in the model (the run's result)."""
-        _load(_float_state(model), self.weights())
+        _load(_float_state(model), self.weights(model))
 
 
 def _float_state(model: nn.Module) -> dict[str, torch.Tensor]:
