@@ -1,6 +1,6 @@
 """Training and evaluation throughput of the `fast` and `seed` presets on this device.
 
-    python bench/train_speed.py [--presets fast,seed] [--repeats 3] [--json OUT.json]
+    python bench/train_speed.py [--presets fast,seed] [--repeats 3] [--set KEY=VALUE] [--json F]
 
 For each preset: train on a slice of the real training set (or random images when no data
 is found) through the same `train()` loop the CLI uses, discard the first epoch (warm-up:
@@ -20,7 +20,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from cifartune.config import apply, resolve_config
+from cifartune.config import apply, parse_overrides, resolve_config
 from cifartune.data import CIFAR10_CLASSES, Dataset, Split, limit, load_dataset
 from cifartune.data.loader import to_device
 from cifartune.errors import CifartuneError
@@ -42,8 +42,8 @@ def bench_data(n_train: int) -> Dataset:
                        list(CIFAR10_CLASSES), "random images")
 
 
-def bench_preset(preset: str, repeats: int) -> dict:
-    config = resolve_config(preset)
+def bench_preset(preset: str, repeats: int, overrides: dict | None = None) -> dict:
+    config = apply(resolve_config(preset), overrides or {})
     batch = config.train.batch_size
     n_train = batch * STEPS_PER_EPOCH[preset]
     data = bench_data(n_train)
@@ -80,12 +80,14 @@ def main() -> None:
     parser.add_argument("--presets", default="fast,seed")
     parser.add_argument("--repeats", type=int, default=3, help="timed epochs after warm-up")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key for every preset (e.g. precision=fp32)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"cuda={torch.cuda.is_available()}")
     rows = []
     for preset in args.presets.split(","):
-        row = bench_preset(preset, args.repeats)
+        row = bench_preset(preset, args.repeats, parse_overrides(args.set))
         rows.append(row)
         print(f"{preset:5s} {row['model']:6s} {row['device']:5s} {row['precision']:9s} "
               f"batch {row['batch_size']:5d}  {row['gflop_per_image_forward']:.3f} GFLOP/img  "

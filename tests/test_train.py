@@ -5,7 +5,7 @@ import torch
 from cifartune.config import ScheduleConfig, apply
 from cifartune.data import limit
 from cifartune.errors import DivergenceError
-from cifartune.train import train
+from cifartune.train import _device, train
 from cifartune.train.checkpoint import load_checkpoint, save_checkpoint
 from cifartune.train.optim import lr_factor
 from cifartune.train.run import evaluate_model
@@ -143,3 +143,27 @@ def test_a_run_does_not_depend_on_cached_model_statistics(tiny_config, small):
     cold = train(cfg, small).model.state_dict()
     warm = train(cfg, small).model.state_dict()  # statistics cached now
     assert all(torch.equal(cold[k], warm[k]) for k in cold)
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ("fpu avx2 avx512f avx512bw avx512_bf16", torch.bfloat16),  # AMD Zen 4
+    ("fpu avx2 avx512f amx_tile amx_bf16", torch.bfloat16),  # Intel Sapphire Rapids
+    ("fpu avx2 avx512f avx512bw avx512_vnni", None),  # AVX-512 without bf16: emulated, 4x slower
+    ("fpu avx2 fma", None),
+])
+def test_auto_precision_is_bf16_only_where_the_cpu_runs_it_natively(tmp_path, monkeypatch,
+                                                                     flags, expected):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\n")
+    real = _device._cpu_flags
+    monkeypatch.setattr(_device, "_cpu_flags", lambda: real(str(cpuinfo)))
+    assert _device.resolve_dtype("auto", torch.device("cpu")) is expected
+    assert _device.resolve_dtype("fp32", torch.device("cpu")) is None
+    assert _device.resolve_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+
+
+def test_arm_cpu_flags_are_read_too(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n")
+    assert "bf16" in _device._cpu_flags(str(cpuinfo))
+    assert _device._cpu_flags(str(tmp_path / "missing")) is None

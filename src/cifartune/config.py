@@ -111,7 +111,8 @@ class TrainConfig:
     label_smoothing: float = _f(0.2, "label smoothing of the cross-entropy", lo=0, hi=0.99)
     seed: int = _f(0, "seed of initialisation, data order and augmentation")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
-    precision: str = _f("auto", "auto (bf16 where supported) | bf16 | fp16 (CUDA) | fp32",
+    precision: str = _f("auto", "auto (bf16 where the CPU or GPU runs it natively, else fp32 "
+                        "on the CPU, fp16 on older GPUs) | bf16 | fp16 (CUDA) | fp32",
                         choices=("auto", "bf16", "fp16", "fp32"))
     channels_last: bool = _f(True, "channels-last memory format (faster convs on CPU and GPU)")
     compile: bool = _f(False, "torch.compile the model (about 40 s to compile on CPU)")

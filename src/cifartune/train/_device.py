@@ -22,8 +22,31 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _cpu_bf16_ok() -> bool:
+# CPU flags that mean bf16 matrix maths runs natively: AVX-512 BF16 (AMD Zen 4+, Intel
+# Cooper Lake+), AMX (Intel Sapphire Rapids+), and Arm's BF16 extension. Without them oneDNN
+# still accepts bf16 but emulates it: measured on an AVX-512 Xeon without bf16 (2 cores), the
+# `fast` preset trained at 91 images/s in bf16 against 376 images/s in fp32.
+_NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def _cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str] | None:
+    """The CPU's feature flags (Linux), or None where the kernel does not list them."""
     try:
+        with open(path) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):  # x86 | aarch64
+                    return frozenset(value.split())
+    except OSError:
+        pass
+    return None
+
+
+def _cpu_bf16_ok() -> bool:
+    flags = _cpu_flags()
+    if flags is not None:
+        return bool(flags & _NATIVE_BF16_FLAGS)
+    try:  # elsewhere ask oneDNN, which also says yes to emulated bf16
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
