@@ -64,7 +64,9 @@ def run_one(config: Config, raw, fidelity: str) -> dict:
     return {"val_accuracy": val.accuracy, "train_seconds": round(result.train_seconds, 1),
             "train_images": len(data.train), "val_images": len(data.val),
             "steps": result.history[-1].steps, "images_per_second":
-            round(result.images_per_second, 1)}
+            round(result.images_per_second, 1),
+            # precision=auto differs between machines (bf16 only where the CPU has it natively)
+            "precision": str(result.dtype).removeprefix("torch.") if result.dtype else "fp32"}
 
 
 def spearman(a: list[float], b: list[float]) -> float:
