@@ -27,7 +27,6 @@ def test_flip_twice_is_identity(batch):
     ("translate", lambda x, g: A.translate(x, 2, g)),
     ("cutout", lambda x, g: A.cutout(x, 8, g)),
     ("affine", lambda x, g: A.affine(x, 15.0, 0.1, 0.1, g)),
-    ("flip", lambda x, g: A.random_flip(x, g)),
 ])
 def test_shapes_ranges_and_determinism(batch, name, fn):
     out = fn(batch, gen(1))

@@ -82,7 +82,7 @@ def test_averaged_lends_the_average_and_gives_the_weights_back():
 
 @pytest.mark.parametrize("averaging", ["ema", "lookahead"])
 def test_every_epoch_scores_the_weights_the_run_hands_back(tiny_config, small, averaging):
-    cfg = apply(tiny_config, {"averaging": averaging, "ema_every": 2, "ema_decay": 0.8,
+    cfg = apply(tiny_config, {"averaging": averaging, "ema_every": 3, "ema_decay": 0.8,
                               "epochs": 2, "val_size": 200})
     data = prepare(small, cfg.data)
     result = train(cfg, data)

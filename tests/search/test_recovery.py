@@ -127,17 +127,29 @@ def test_a_baseline_killed_before_drawing_its_parameters_is_queued_with_them():
     assert values == space.values_of(Config())
 
 
-def test_a_trial_of_this_machine_before_a_reboot_is_dead_at_once(monkeypatch):
+@pytest.mark.parametrize("elsewhere", ["boot", "pidns"])
+def test_a_process_id_is_checked_only_where_it_was_issued(monkeypatch, elsewhere):
+    """Another host of the same name (another boot id), or another container on this kernel
+    (another PID namespace): its PIDs mean nothing here, so a PID that does not exist here must
+    not fail its live trial. Only the heartbeat judges it."""
     from cifartune.search import _recovery
 
     study = optuna.create_study(direction="maximize")
-    host = _recovery.socket.gethostname()
+    here = {"boot": "aaaaaaaa", "pidns": "4026531836"}
+    monkeypatch.setattr(_recovery, "_boot_id", lambda: here["boot"])
+    monkeypatch.setattr(_recovery, "_pid_namespace", lambda: here["pidns"])
+    local = machine_id()
+    here[elsewhere] = "bbbbbbbb" if elsewhere == "boot" else "4026532000"
+    other = machine_id()
     monkeypatch.setattr(_recovery, "_boot_id", lambda: "aaaaaaaa")
-    running(study, f"{host}-bbbbbbbb:{os.getpid()}", 3)  # same host, another boot
-    running(study, f"{host}-aaaaaaaa:{os.getpid()}", 3)  # this boot, alive
-    watch = HeartbeatWatch()
+    monkeypatch.setattr(_recovery, "_pid_namespace", lambda: "4026531836")
+    assert machine_id() == local != other
+    running(study, f"{other}:99999999", 3)  # same host name, no such PID here
+    running(study, f"{local}:99999999", 3)  # ours, and gone
+    watch = HeartbeatWatch(grace=100)
     why = [watch.stale(t, 0) for t in study.get_trials()]
-    assert "rebooted" in why[0] and why[1] is None
+    assert why[0] is None and "process gone" in why[1]
+    assert "unchanged" in watch.stale(study.get_trials()[0], 101)
 
 
 def test_a_stopping_search_waits_for_running_trials_never_seen_alive():
@@ -165,8 +177,10 @@ def test_a_signal_while_the_outcome_is_recorded_loses_nothing(monkeypatch, tmp_p
         monkeypatch.setattr(worker_mod, "_outcome",
                             lambda *a: worker_mod.Outcome(TrialState.COMPLETE, 0.9))
         real_tell = study.tell
+        calls = []
 
         def tell(*a, **k):
+            calls.append(a)
             os.kill(os.getpid(), sig)  # arrives in the middle of recording
             return real_tell(*a, **k)
 
@@ -179,6 +193,7 @@ def test_a_signal_while_the_outcome_is_recorded_loses_nothing(monkeypatch, tmp_p
         t = study.get_trials()[0]  # ...after the outcome was recorded
         assert t.state == TrialState.COMPLETE and t.value == 0.9
         assert len(study.get_trials()) == 1  # nothing queued to run it again
+        assert len(calls) == 1  # the signal waited for `tell`: no second try needed
     finally:
         signal.signal(signal.SIGTERM, old_term)
 
@@ -222,3 +237,13 @@ def test_out_of_memory_is_its_own_failure_and_can_be_retried(monkeypatch, tmp_pa
         assert study.ask(X).params == failed.params
     else:
         assert (tmp_path / "trials" / "0000" / "error.txt").exists()
+
+
+def test_a_worker_killed_by_sigkill_is_named_as_likely_out_of_memory():
+    """The kernel's OOM killer sends SIGKILL, which Python never sees: the runner's message is
+    the user's only hint of why the worker vanished."""
+    from cifartune.search.runner import exit_text
+
+    assert "out-of-memory killer" in exit_text(-signal.SIGKILL)
+    assert exit_text(-signal.SIGSEGV) == "was killed by SIGSEGV"
+    assert exit_text(1) == "exited with code 1"

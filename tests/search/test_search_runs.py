@@ -320,6 +320,29 @@ def test_resumed_search_never_repeats_parameters(tmp_path, tiny_space, small_roo
         assert len(params) == 4 and len(set(params)) == 4, params
 
 
+def test_retry_oom_runs_the_out_of_memory_trials_again(tmp_path, tiny_space, small_root):
+    """A trial that ran out of memory (recorded so by its worker) is run again, with its own
+    parameters, only when the rerun asks for it with --retry-oom."""
+    run = tmp_path / "run"
+    args = ("--sampler", "random", "--pruner", "none", "--set", "epochs=1")
+    assert search(run, tiny_space, small_root, *args, "--n-trials", "1").returncode == 0
+    study = load(run)
+    oom = study.ask({"lr": optuna.distributions.FloatDistribution(0.02, 0.6, log=True),
+                     "label_smoothing": optuna.distributions.FloatDistribution(0.0, 0.3)})
+    oom.set_user_attr("fail_kind", "out_of_memory")
+    study.tell(oom, state=TrialState.FAIL)
+    r = search(run, tiny_space, small_root, *args, "--n-trials", "3")
+    assert r.returncode == 0, r.stderr
+    retried = [t for t in load(run).get_trials() if t.user_attrs.get("retry_of") == oom.number]
+    assert retried == []  # not without asking
+    r = search(run, tiny_space, small_root, *args, "--n-trials", "4", "--retry-oom")
+    assert r.returncode == 0, r.stderr
+    assert f"trial {oom.number}: ran out of memory; queued again (--retry-oom)" in r.stderr
+    retried = [t for t in load(run).get_trials() if t.user_attrs.get("retry_of") == oom.number]
+    assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
+    assert retried[0].params == oom.params
+
+
 def test_final_trains_the_winner_at_the_target_on_all_images(tmp_path, small_root):
     """Trials first train at a cheap rung (1 epoch on 300 images); the winner's final model
     trains the target's 2 epochs on every training image (all 1,400 of the data folder; its

@@ -21,10 +21,6 @@ def flip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
-def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    return flip(x, torch.rand(len(x), generator=gen, device=x.device) < 0.5)
-
-
 def _random_windows(x: torch.Tensor, h: int, w: int, gen: torch.Generator) -> torch.Tensor:
     """A random h x w window of each image (gathered in one indexing op)."""
     b, _, big_h, big_w = x.shape

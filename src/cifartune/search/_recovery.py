@@ -1,6 +1,6 @@
 """Trials whose worker died: detection, failing them, and queueing them again.
 
-A worker's trial carries its worker's id (host-boot:pid) and a heartbeat, a counter the worker
+A worker's trial carries its worker's id (host-boot-pidns:pid) and a heartbeat, a counter the worker
 bumps every few seconds. A RUNNING trial is judged dead when its worker is a process of this
 machine that no longer exists, or when its heartbeat has not changed for STALE_SECONDS of
 *this* machine's clock. The heartbeat is never compared with a clock, so machines whose clocks
@@ -41,18 +41,23 @@ def _boot_id() -> str:
         return ""
 
 
+def _pid_namespace() -> str:
+    """The inode of this process's PID namespace: containers on one kernel (one boot id, often
+    one host name with --net=host) each number their processes apart."""
+    try:
+        return os.readlink("/proc/self/ns/pid").partition("[")[2].rstrip("]")
+    except OSError:
+        return ""
+
+
 def machine_id() -> str:
-    """Host name plus this boot's id: containers on different hosts may share a host name,
-    and a PID is only meaningful on the machine (and boot) that issued it."""
-    boot = _boot_id()
-    return f"{socket.gethostname()}-{boot}" if boot else socket.gethostname()
-
-
-def _earlier_boot(machine: str) -> bool:
-    """Whether `machine` (a machine_id) is this host before its last reboot."""
-    here = machine_id()
-    return bool(_boot_id()) and machine != here and len(machine) == len(here) \
-        and machine.startswith(socket.gethostname() + "-")
+    """Where a PID means something: host name, this boot's id and the PID namespace. Two hosts
+    may share a name but not a boot id; two containers on one kernel share the boot id but
+    not a PID namespace. A reboot gives a new id, so a trial from before it is not judged
+    here at once: its heartbeat stops, and it is recovered after STALE_SECONDS (telling a
+    rebooted host from another host of the same name has no reliable answer)."""
+    parts = [socket.gethostname(), _boot_id(), _pid_namespace()]
+    return "-".join(p for p in parts if p)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -85,8 +90,6 @@ class HeartbeatWatch:
         machine, _, pid = worker.rpartition(":")
         if machine == machine_id() and pid.isdigit() and not _pid_alive(int(pid)):
             return f"worker {worker} died (process gone)"
-        if _earlier_boot(machine):
-            return f"worker {worker} died (this machine has rebooted since)"
         beat = t.user_attrs.get(ATTR_HEARTBEAT)
         last = self.seen.get(t.number)
         if last is None or last[0] != beat:

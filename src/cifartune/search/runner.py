@@ -88,6 +88,22 @@ def estimate_eta(c: _budget.Counts, trials: list[FrozenTrial], settings: SearchS
     return min(etas) if etas else None
 
 
+def exit_text(returncode: int) -> str:
+    """How a worker process ended, in words. A SIGKILL nobody here sent is, on Linux, most
+    often the kernel's out-of-memory killer: Python never sees that as an error, so its trial
+    is recovered as a dead worker's (retried at most MAX_RETRIES times), not recorded as out
+    of memory; the message points the user at the likely cause."""
+    if returncode == -signal.SIGKILL:
+        return ("was killed by SIGKILL (most often the kernel's out-of-memory killer: see "
+                "`dmesg`; fewer --workers use less memory)")
+    if returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            pass
+    return f"exited with code {returncode}"
+
+
 class _Workers:
     def __init__(self, run_dir: Path, settings: SearchSettings, deadline: float) -> None:
         self.run_dir, self.settings, self.deadline = run_dir, settings, deadline
@@ -139,11 +155,11 @@ class _Workers:
             if self.restarts[i] < MAX_RESTARTS and _budget.may_start(study, self.settings,
                                                                      self.deadline):
                 self.restarts[i] += 1
-                events.append(f"worker {i} exited with code {p.returncode}; restarted "
+                events.append(f"worker {i} {exit_text(p.returncode)}; restarted "
                               f"(log: {self.log(i)})")
                 self.start(i)
             else:
-                events.append(f"worker {i} exited with code {p.returncode}; not restarted")
+                events.append(f"worker {i} {exit_text(p.returncode)}; not restarted")
         return events
 
     def stop(self, grace: float = 60.0) -> None:
