@@ -162,6 +162,17 @@ def test_auto_precision_is_bf16_only_where_the_cpu_runs_it_natively(tmp_path, mo
     assert _device.resolve_dtype("bf16", torch.device("cpu")) is torch.bfloat16
 
 
+@pytest.mark.parametrize("capability, expected", [
+    ((7, 0), torch.float16), ((7, 5), torch.float16),
+    ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16),
+])
+def test_auto_precision_on_a_gpu_is_bf16_only_from_ampere_on(monkeypatch, capability, expected):
+    """V100 (7.0) and T4 (7.5) emulate bf16, slowly: fp16 with loss scaling there."""
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert _device.resolve_dtype("auto", torch.device("cuda")) is expected
+
+
 def test_arm_cpu_flags_are_read_too(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n")

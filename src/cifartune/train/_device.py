@@ -52,6 +52,14 @@ def _cpu_bf16_ok() -> bool:
         return False
 
 
+def _cuda_bf16_ok(device: torch.device) -> bool:
+    """Native bf16 on this GPU: compute capability 8.0 (Ampere) and later. Older ones (V100,
+    T4) emulate it slowly, and `torch.cuda.is_bf16_supported()` says yes to emulation."""
+    if torch.version.hip:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for plain fp32."""
     if precision == "fp32":
@@ -62,7 +70,7 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         return torch.float16
     if precision == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.bfloat16 if _cuda_bf16_ok(device) else torch.float16
         return torch.bfloat16 if _cpu_bf16_ok() else None
     return torch.bfloat16
 
