@@ -121,7 +121,8 @@ def requeue(study: optuna.Study, t: FrozenTrial | optuna.Trial, why: str) -> boo
         depth += 1
     if depth >= MAX_RETRIES:
         return False
-    params = dict(t.params) or dict(t.user_attrs.get(ATTR_QUEUED, {}))
+    # a trial killed midway through drawing keeps what it was queued with for the rest
+    params = {**t.user_attrs.get(ATTR_QUEUED, {}), **t.params}
     attrs = {ATTR_RETRY_OF: t.number, ATTR_RETRY_WHY: why, ATTR_QUEUED: params}
     if ATTR_ROLE in t.user_attrs:
         attrs[ATTR_ROLE] = t.user_attrs[ATTR_ROLE]  # a retried baseline stays one
@@ -134,7 +135,10 @@ def recover_stale(study: optuna.Study, watch: HeartbeatWatch) -> list[tuple[int,
     A trial failed here has no fail_reason of its own (Optuna's public API cannot set one on
     another process's trial): its retry carries why (`trial.fail_reason` reads it)."""
     recovered = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for number in watch.seen.keys() - {t.number for t in running}:
+        del watch.seen[number]  # finished: forget it (a search may run for days)
+    for t in running:
         why = watch.stale(t)
         if why is None:
             continue
