@@ -116,7 +116,11 @@ class TrainConfig:
                         choices=("auto", "bf16", "fp16", "fp32"))
     channels_last: bool = _f(True, "channels-last memory format (faster convs on CPU and GPU)")
     compile: bool = _f(False, "torch.compile the model (about 40 s to compile on CPU)")
-    averaging: str = _f("none", "weight averaging: none | ema | lookahead",
+    # Off in the presets: on `fast` (seed 0, Intel AVX-512, fp32) EMA gave 93.10% lossless /
+    # 85.75% all against 94.70% / 87.66% off. A short run whose LR decays to 0 ends at its best
+    # weights; averaging in those of 2 epochs earlier only dilutes them.
+    averaging: str = _f("none", "weight averaging: none | ema | lookahead (off in the presets: "
+                        "on `fast`, EMA measured 1.6 points worse)",
                         choices=("none", "ema", "lookahead"))
     # 0.9 every 5 steps averages about the last 50 steps: the last 2 of the fast recipe's 8
     # epochs (22 steps each), not most of the run.
