@@ -30,7 +30,7 @@ from cifartune.config import Config, apply, parse_overrides, resolve_config
 from cifartune.data import load_dataset, prepare
 from cifartune.search import SearchSpace, load_space
 from cifartune.train import train
-from cifartune.train.run import evaluate_model
+from cifartune.train.run import evaluate_model, precision_name
 
 VAL_SIZE = 5000
 # name -> config values over the configuration's own; the target (no change) comes last.
@@ -66,7 +66,7 @@ def run_one(config: Config, raw, fidelity: str) -> dict:
             "steps": result.history[-1].steps, "images_per_second":
             round(result.images_per_second, 1),
             # precision=auto differs between machines (bf16 only where the CPU has it natively)
-            "precision": str(result.dtype).removeprefix("torch.") if result.dtype else "fp32"}
+            "precision": precision_name(result.dtype)}
 
 
 def spearman(a: list[float], b: list[float]) -> float:

@@ -25,7 +25,7 @@ from cifartune.data import CIFAR10_CLASSES, Dataset, Split, limit, load_dataset
 from cifartune.data.loader import to_device
 from cifartune.errors import CifartuneError
 from cifartune.train import predict_logits, train
-from cifartune.train.run import TRAIN_FLOPS_FACTOR
+from cifartune.train.run import TRAIN_FLOPS_FACTOR, precision_name
 
 STEPS_PER_EPOCH = {"fast": 5, "seed": 20}  # steps: about 30-60 s per epoch on 2 CPU cores
 
@@ -64,7 +64,7 @@ def bench_preset(preset: str, repeats: int, overrides: dict | None = None) -> di
     flops = result.stats.flops_per_image
     return {
         "preset": preset, "model": config.model.arch, "device": str(result.device),
-        "precision": str(result.dtype).removeprefix("torch.") if result.dtype else "fp32",
+        "precision": precision_name(result.dtype),
         "batch_size": batch, "data": data.source, "parameters": result.stats.parameters,
         "gflop_per_image_forward": flops / 1e9,
         "train_images_per_second": train_ips,

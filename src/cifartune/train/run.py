@@ -30,6 +30,11 @@ from cifartune.train.loop import TrainResult
 TRAIN_FLOPS_FACTOR = 3  # forward + backward (about twice the forward) per training image
 
 
+def precision_name(dtype: torch.dtype | None) -> str:
+    """How a run's autocast dtype is written in metrics and bench rows (None: plain fp32)."""
+    return str(dtype).removeprefix("torch.") if dtype else "fp32"
+
+
 def start_run(out_dir: Path, config: Config) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "config.toml", config.to_toml())
@@ -84,7 +89,7 @@ def run_metrics(result: TrainResult, test: Evaluation, val: Evaluation | None = 
         "flops_per_image": result.stats.flops_per_image,
         "tta": result.config.train.tta,
         "device": str(result.device),
-        "precision": str(result.dtype).removeprefix("torch.") if result.dtype else "fp32",
+        "precision": precision_name(result.dtype),
         "peak_memory_mb": peak_memory_mb(result.device),
         "history": [asdict(h) for h in result.history],
     }
