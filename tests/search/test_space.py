@@ -3,7 +3,7 @@ from dataclasses import replace
 import optuna
 import pytest
 
-from cifartune.config import Config
+from cifartune.config import Config, apply
 from cifartune.errors import ConfigError
 from cifartune.search import SearchSettings, SpaceError, builtin_spaces, load_space
 from cifartune.search.space import parse_space
@@ -218,3 +218,31 @@ def test_the_space_widens_to_hold_the_base_configuration():
     assert all(p.contains(v) for p, v in zip(wide.params, wide.values_of(Config()).values(),
                                                strict=True))
     assert wide.including_base(Config())[1] == []  # widening twice changes nothing
+
+
+def test_a_space_with_help_texts_resumes(tmp_path):
+    """The saved space file leaves the help texts out; they are not part of a trial."""
+    space = parse_space("[params.lr]\ntype = 'float'\nlow = 0.1\nhigh = 0.5\n"
+                        "help = 'Muon step size'\n", "h")
+    settings = SearchSettings(study="h")
+    save_search(tmp_path, space, Config(), settings)
+    save_search(tmp_path, space, Config(), settings)  # the same command again: resumes
+
+
+def test_a_base_value_off_a_log_scale_is_a_clear_error():
+    space = parse_space("[params.wd]\nkey = 'optim.weight_decay'\ntype = 'float'\n"
+                        "low = 0.001\nhigh = 0.01\nlog = true\n", "l")
+    with pytest.raises(SpaceError, match=r"weight_decay = 0 .*--set optim.weight_decay=0"):
+        space.including_base(apply(Config(), {"optim.weight_decay": 0.0}))
+
+
+@pytest.mark.parametrize(("limit", "epochs", "kept"), [(0, 8, 1), (8000, 8, 0), (10000, 8, 0),
+                                                      (20000, 8, 1), (0, 1, 1)])
+def test_a_rung_that_costs_as_much_as_the_target_is_dropped(limit, epochs, kept):
+    """`--set train_limit=8000` makes a 10,000-image rung train as much as the target
+    (or more): screening there would only add cost."""
+    base = apply(Config(), {"data.train_limit": limit, "train.epochs": epochs})
+    space = load_space("fast")
+    n = limit or 45000
+    cheaper, dropped = space.cheaper_rungs(base, n)
+    assert len(cheaper.rungs) == kept and dropped == ([] if kept else [1])

@@ -6,6 +6,7 @@ import argparse
 import textwrap
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cifartune.cli import _progress as ui
 from cifartune.cli.commands import (
@@ -17,6 +18,10 @@ from cifartune.cli.commands import (
 )
 from cifartune.config import all_training_images, apply, parse_overrides
 from cifartune.errors import CifartuneError
+
+if TYPE_CHECKING:  # the search stack (Optuna) loads only when a search command runs
+    from cifartune.config import Config
+    from cifartune.search import SearchSettings, SearchSpace, Snapshot
 
 DEFAULT_VAL_SIZE = 5000  # training images held out to score trials (never the test set)
 
@@ -112,7 +117,7 @@ def add_search_parser(sub) -> None:
     p.set_defaults(func=cmd_ensemble)
 
 
-def _settings(args: argparse.Namespace, out: Path):
+def _settings(args: argparse.Namespace, out: Path) -> SearchSettings:
     from cifartune.search import SearchSettings
 
     if args.workers < 1:
@@ -152,8 +157,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     if not settings.has_limit():
         ui.err.print("no --n-trials, --timeout or --epoch-budget: searching until Ctrl-C")
     space, widened = space.including_base(base)
+    space, dropped = space.cheaper_rungs(base, len(data.train))
     for line in describe_search(space, base, settings, out, len(data.train)):
         ui.err.print(line)
+    if dropped:
+        ui.err.print(f"note: rung(s) {', '.join(map(str, dropped))} would train as much as "
+                     "the target (the base's train_limit or epochs are at or below the "
+                     "rung's), so they are dropped: those trials train straight at the target")
     if widened:
         ui.err.print(f"note: the base configuration's {', '.join(widened)} lay outside the "
                      "space; widened to hold it, so trial 0 (the baseline) is in the space")
@@ -173,7 +183,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def describe_search(space, base, settings, out: Path, target_images: int) -> list[str]:
+def describe_search(space: SearchSpace, base: Config, settings: SearchSettings, out: Path,
+                    target_images: int) -> list[str]:
     """What the search will do: sampler and pruner, parameters, rungs and the target."""
     rungs = space.rungs if settings.pruner != "none" else []
     on = "" if settings.pruner == "none" else " (on each rung's validation accuracy)" \
@@ -184,18 +195,10 @@ def describe_search(space, base, settings, out: Path, target_images: int) -> lis
              f"{settings.storage or out / 'study.journal'}"]
     lines += [f"  {p.describe()}" for p in space.params]
     target = space.trial_config(base, {})
-
-    def work(config) -> float:  # training images processed
-        n = config.data.train_limit
-        return (min(n, target_images) if n else target_images) * config.train.epochs
-
-    for k, rung in enumerate(rungs):
-        cheaper = work(apply(target, rung)) / work(target)
+    for k, (rung, cost) in enumerate(zip(rungs, space.rung_costs(base, target_images),
+                                               strict=False)):  # no rungs: pruner none
         lines.append(f"  rung {k + 1}: " + ", ".join(f"{key}={v}" for key, v in rung.items())
-                     + f" ({cheaper:.0%} of the target's training)")
-        if cheaper >= 1:
-            lines.append(f"note: rung {k + 1} is not cheaper than the target, so it only adds "
-                         "cost; drop it (--pruner none trains straight at the target)")
+                     + f" ({cost:.0%} of the target's training)")
     lines.append(f"  target: {target.train.epochs:g} epochs on {target_images} training "
                  f"images (all but the {target.data.val_size} held out"
                  + (f", train_limit {target.data.train_limit})" if target.data.train_limit
@@ -203,7 +206,7 @@ def describe_search(space, base, settings, out: Path, target_images: int) -> lis
     return lines
 
 
-def print_summary(out: Path, snap) -> None:
+def print_summary(out: Path, snap: Snapshot) -> None:
     from cifartune.report import terminal_summary
     from cifartune.search import load_search
 
@@ -225,12 +228,12 @@ def print_summary(out: Path, snap) -> None:
 def final_run(out: Path) -> None:
     """Train the winner at the target on all training images; report on the test set."""
     from cifartune.models import describe_model
-    from cifartune.search import best_config, load_run_study, load_search
-    from cifartune.search.final import train_final
+    from cifartune.search import load_search, plan_final, train_final
     from cifartune.search.trial import is_baseline
 
     defn = load_search(out)
-    config, v = best_config(defn, load_run_study(defn).get_trials(deepcopy=False))
+    plan = plan_final(defn)
+    config, v = plan.config, plan.verdict
     who = ("the base configuration (trial 0, the baseline)" if is_baseline(v.winner)
            else f"trial {v.winner.number}'s configuration")
     ui.err.print(f"\nfinal: training {who}, validation {ui.pct(v.winner.value)}, for "
@@ -238,7 +241,7 @@ def final_run(out: Path) -> None:
     data = load_data(config)
     ui.err.print(f"model: {describe_model(config.model, data.num_classes).describe()}")
     with ui.epoch_progress(config.train.epochs) as bar:
-        fin = train_final(defn, config, v, data, on_epoch=bar)
+        fin = train_final(defn, plan, data, on_epoch=bar)
     print_evaluation(fin.test, f"final model ({who}, all training images) on the test set, "
                                f"tta={config.train.tta}")
     ui.out.print(f"{v.compared}\nwinner: {v.reason}\nfinal training "

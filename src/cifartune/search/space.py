@@ -38,91 +38,19 @@ from typing import TYPE_CHECKING, Any
 
 from cifartune.config import PRESETS, Config, apply, coerce, flatten, full_key, toml_value
 from cifartune.errors import CifartuneError, ConfigError
+from cifartune.search._param import Param, SpaceError, parse_param
 
 if TYPE_CHECKING:
     import optuna
 
-KINDS = ("float", "int", "categorical")
 # Per-epoch signals a pruner can compare. The objective is always the validation accuracy;
 # with short schedules that decay the learning rate to zero, the end-of-epoch validation
 # accuracy at a high learning rate says little about the final one, while the epoch's running
 # training accuracy, averaged over all its steps, says more (see the fast space).
 PRUNE_SIGNALS = ("val_accuracy", "train_accuracy")
-_PARAM_FIELDS = {"key", "type", "low", "high", "log", "step", "choices", "when", "help"}
 _TOP_LEVEL = {"description", "preset", "rungs", "prune_on", "params", "fixed"}
 # config keys that choose the validation (and test) images: the same at every rung
 _SPLIT_KEYS = {"data.path", "data.val_size", "data.val_seed", "data.test_limit"}
-
-
-class SpaceError(ConfigError):
-    """A malformed search space file."""
-
-
-@dataclass(frozen=True)
-class Param:
-    name: str
-    key: str  # full config key
-    kind: str
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = None
-    choices: tuple = ()
-    when: dict[str, tuple] = field(default_factory=dict)
-    help: str = ""
-
-    def encode(self, value: Any) -> Any:
-        """Optuna holds only scalars: lists (e.g. widths) travel as their TOML text."""
-        return toml_value(value) if isinstance(value, list) else value
-
-    def decode(self, value: Any) -> Any:
-        if self.kind == "categorical":
-            for c in self.choices:
-                if self.encode(c) == value:
-                    return c
-        return value
-
-    def suggest(self, trial: optuna.Trial) -> Any:
-        if self.kind == "float":
-            return trial.suggest_float(self.name, self.low, self.high, log=self.log,
-                                       step=self.step)
-        if self.kind == "int":
-            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log,
-                                     step=int(self.step or 1))
-        return self.decode(trial.suggest_categorical(self.name,
-                                                     [self.encode(c) for c in self.choices]))
-
-    def contains(self, value: Any) -> bool:
-        """Whether `value` is one this parameter can take (in range, on its step grid)."""
-        if self.kind == "categorical":
-            return self.encode(value) in [self.encode(c) for c in self.choices]
-        if not self.low <= value <= self.high:
-            return False
-        return self.step is None or abs((value - self.low) / self.step
-                                        - round((value - self.low) / self.step)) < 1e-9
-
-    def including(self, value: Any) -> Param:
-        """This parameter widened to hold `value` (another choice, a wider range, or no step
-        grid), so that the baseline's value is one the samplers know."""
-        if self.contains(value):
-            return self
-        if self.kind == "categorical":
-            return replace(self, choices=(*self.choices, value))
-        low, high = min(self.low, value), max(self.high, value)
-        step = self.step
-        if step is not None and abs((value - low) / step - round((value - low) / step)) > 1e-9:
-            step = None
-        return replace(self, low=low, high=high, step=step)
-
-    def describe(self) -> str:
-        if self.kind == "categorical":
-            dom = "{" + ", ".join(toml_value(c) for c in self.choices) + "}"
-        else:
-            dom = f"[{self.low:g}, {self.high:g}]" + (" log" if self.log else "")
-        cond = ""
-        if self.when:
-            cond = " when " + ", ".join(f"{k} in {list(v)}" for k, v in self.when.items())
-        return f"{self.name} ({self.key}): {self.kind} {dom}{cond}"
 
 
 @dataclass
@@ -161,6 +89,26 @@ class SearchSpace:
         params = [p.including(values[p.name]) if p.name in values else p for p in self.params]
         widened = [p.name for p, q in zip(self.params, params, strict=True) if p != q]
         return replace(self, params=params), widened
+
+    def rung_costs(self, base: Config, target_images: int) -> list[float]:
+        """Each rung's training (images x epochs) as a share of the target's, where the
+        target trains on `target_images`. A rung's train_limit counts only up to the
+        target's images: past them it is no cheaper (it may even train on more)."""
+        target = self.trial_config(base, {})
+
+        def work(config: Config) -> float:
+            n = config.data.train_limit
+            return (min(n, target_images) if n else target_images) * config.train.epochs
+        return [work(apply(target, r)) / work(target) for r in self.rungs]
+
+    def cheaper_rungs(self, base: Config, target_images: int) -> tuple[SearchSpace, list[int]]:
+        """This space without the rungs that cost as much as the target (e.g. a
+        10,000-image rung under `--set train_limit=8000`), which would only add cost and
+        screen at the target itself; and the 1-based numbers of those dropped."""
+        costs = self.rung_costs(base, target_images)
+        dropped = [k + 1 for k, c in enumerate(costs) if c >= 1]
+        rungs = [r for r, c in zip(self.rungs, costs, strict=True) if c < 1]
+        return replace(self, rungs=rungs), dropped
 
     def values_of(self, config: Config) -> dict[str, Any]:
         """The values a config gives the space's active parameters (the baseline's params)."""
@@ -303,7 +251,7 @@ def parse_space(text: str, name: str, where: str | None = None) -> SearchSpace:
         raise SpaceError(f"{where} defines no parameters; add [params.NAME] tables")
     params: list[Param] = []
     for pname, spec in raw_params.items():
-        params.append(_parse_param(pname, spec, params, where))
+        params.append(parse_param(pname, spec, params, where))
     fixed = tree.get("fixed", {})
     if not isinstance(fixed, dict):
         raise SpaceError(f"{where}: [fixed] must be a table of config keys")
@@ -335,59 +283,6 @@ def _parse_preset(preset: Any, where: str) -> str:
     if preset and preset not in PRESETS:
         raise SpaceError(f"{where}: preset must be one of {', '.join(PRESETS)}, got {preset!r}")
     return str(preset)
-
-
-def _parse_param(name: str, spec: Any, earlier: list[Param], where: str) -> Param:
-    at = f"{where}, parameter '{name}'"
-    if not isinstance(spec, dict):
-        raise SpaceError(f"{at}: must be a table like [params.{name}]")
-    extra = set(spec) - _PARAM_FIELDS
-    if extra:
-        raise SpaceError(f"{at}: unknown fields {sorted(extra)}; allowed: "
-                         f"{', '.join(sorted(_PARAM_FIELDS))}")
-    kind = spec.get("type")
-    if kind not in KINDS:
-        raise SpaceError(f"{at}: type must be one of {', '.join(KINDS)}, got {kind!r}")
-    try:
-        key = full_key(spec.get("key", name))
-    except ConfigError as e:
-        raise SpaceError(f"{at}: {e}") from None
-    when = _parse_when(spec.get("when", {}), earlier, at)
-    if kind == "categorical":
-        choices = spec.get("choices")
-        if not isinstance(choices, list) or not choices:
-            raise SpaceError(f"{at}: categorical parameters need a non-empty 'choices' list")
-        return Param(name, key, kind, choices=tuple(choices), when=when,
-                     help=spec.get("help", ""))
-    low, high, log = spec.get("low"), spec.get("high"), spec.get("log", False)
-    numbers = (int, float) if kind == "float" else (int,)
-    for label, v in (("low", low), ("high", high)):
-        if not isinstance(v, numbers) or isinstance(v, bool):
-            raise SpaceError(f"{at}: '{label}' must be a{'n int' if kind == 'int' else ' number'}"
-                             f", got {v!r}")
-    if low >= high:
-        raise SpaceError(f"{at}: low ({low}) must be below high ({high})")
-    if log and low <= 0:
-        raise SpaceError(f"{at}: a log scale needs low > 0, got {low}")
-    step = spec.get("step")
-    if step is not None and (log or not isinstance(step, numbers) or step <= 0):
-        raise SpaceError(f"{at}: step must be a positive number and cannot go with log")
-    return Param(name, key, kind, float(low) if kind == "float" else low,
-                 float(high) if kind == "float" else high, bool(log), step, when=when,
-                 help=spec.get("help", ""))
-
-
-def _parse_when(when: Any, earlier: list[Param], at: str) -> dict[str, tuple]:
-    if not isinstance(when, dict):
-        raise SpaceError(f"{at}: 'when' must be a table like {{ optimizer = [\"sgd\"] }}")
-    names = {p.name: p for p in earlier}
-    out = {}
-    for k, v in when.items():
-        if k not in names:
-            raise SpaceError(f"{at}: 'when' refers to '{k}', which is not a parameter defined "
-                             "above it")
-        out[k] = tuple(v) if isinstance(v, list) else (v,)
-    return out
 
 
 def _check_values(space: SearchSpace, where: str) -> None:
