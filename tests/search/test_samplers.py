@@ -62,7 +62,10 @@ def _toy(trial: optuna.Trial) -> float:
 @pytest.mark.parametrize("seed", [None, 7])
 def test_resumed_restarted_and_second_processes_never_repeat_a_draw(tmp_path, name, seed):
     """Each `open` below is what a resumed search, a restarted worker or another machine
-    does: a new sampler object (same --seed, if any) on the same stored study."""
+    does: a new sampler object (same --seed, if any) on the same stored study. The two
+    "processes" are threads with their own samplers here; real processes on one PostgreSQL
+    study are tested in test_search_runs.py. Only seed=7 guards the fix: unseeded samplers
+    did not repeat before either."""
     storage = journal_storage(tmp_path / "study.journal")
 
     def open_():
@@ -114,6 +117,24 @@ def test_rung_pruning_decides_at_every_rung():
     # 0.4 is below the baseline's 0.5, 0.6 below the best so far; 0.85 is second of 7
     assert went_on[0] == [0.5, 0.7, 0.8, 0.9, 0.85]
     assert went_on[1] == [0.6, 0.65, 0.9, 0.95]  # at rung 2 they compete again: 0.5 is out
+
+
+@pytest.mark.parametrize("pruner", [p for p in PRUNERS if p != "none"])
+def test_with_one_rung_every_trial_is_screened_there(pruner):
+    """A space with one rung reports one step (1). Every trial must face the pruner
+    there: a Hyperband bracket deciding first at step 3 would send its trials straight to
+    the target, unscreened and never compared with the baseline's rung score."""
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(pruner, 8, rungs=1))
+    went_on = []
+    for score in [0.9, 0.85, 0.8, 0.88, 0.87] + [0.1] * 9:  # the top third: never a 0.1
+        trial = study.ask()
+        trial.report(score, rung_step(0))
+        if trial.should_prune():
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, score)
+            went_on.append(score)
+    assert 0.1 not in went_on
 
 
 def test_unknown_names():

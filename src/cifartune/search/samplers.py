@@ -130,7 +130,9 @@ def make_pruner(name: str, max_epochs: int, rungs: int = 0) -> optuna.pruners.Ba
     if name == "asha":  # asynchronous successive halving: rungs at 1, 3, 9, ... steps
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=REDUCTION)
     if name == "hyperband":
-        top = rung_step(rungs) if rungs else max(max_epochs, 2)
+        # The last step a trial reports is its last rung's (the target is its value, not
+        # a step): a bracket deciding later than that would never prune anything.
+        top = rung_step(rungs - 1) if rungs else max(max_epochs, 2)
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=top,
                                               reduction_factor=REDUCTION)
     raise ConfigError(f"unknown pruner '{name}'; choose one of {', '.join(PRUNERS)}")
