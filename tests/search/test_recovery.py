@@ -12,7 +12,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from cifartune.search import SearchSettings, verdict
+from cifartune.search import SearchSettings, runner, verdict
 from cifartune.search import worker as worker_mod
 from cifartune.search._budget import count
 from cifartune.search._recovery import (
@@ -164,6 +164,22 @@ def test_a_stopping_search_waits_for_running_trials_never_seen_alive():
     for t in study.get_trials():
         watch.stale(t, 10)
     assert watch.undecided(study.get_trials()) == [1]  # trial 0 is alive: not waited for
+
+
+def test_a_worker_that_dies_at_once_is_started_again_only_a_few_times(monkeypatch, tmp_path):
+    """With no worker alive and a trial queued again (recovery), the search starts a worker
+    for it; a worker that always dies at once must not be started forever."""
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({"x": 0.5})
+    settings = SearchSettings(study="s")
+    workers = runner._Workers(tmp_path, settings, 0.0)
+    started = []
+    monkeypatch.setattr(workers, "start", started.append)
+    polls = [runner._recovery_pending(study, HeartbeatWatch(), workers,
+                                      runner.snapshot(study, settings, 0.0, 0.0, 0, []))
+             for _ in range(3 * runner.MAX_RESTARTS)]
+    assert started == [0] * runner.MAX_RESTARTS
+    assert polls[-1] is False  # then the search ends (the trial stays queued for a rerun)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

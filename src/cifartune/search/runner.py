@@ -241,7 +241,10 @@ def _recovery_pending(study: optuna.Study, watch: _recovery.HeartbeatWatch, work
     queued again by recovery."""
     if workers.fatal:
         return False
-    if snap.counts.waiting and _budget.may_start(study, workers.settings, workers.deadline):
+    # Such a start counts as a restart: a worker that dies at once must not loop forever.
+    if (snap.counts.waiting and workers.restarts[0] < MAX_RESTARTS
+            and _budget.may_start(study, workers.settings, workers.deadline)):
+        workers.restarts[0] += 1
         workers.start(0)
         return True
     return bool(watch.undecided(snap.trials))

@@ -216,6 +216,10 @@ def _die_with_parent() -> None:
 
 
 def main(argv: list[str]) -> int:
+    """The worker process's entry point (`python -m cifartune.search.worker`, started by
+    the runner): the one place in the library that writes to stderr and sets an exit code,
+    because this process's stderr is its log file and its exit code is how the runner
+    learns of a user error (no restart) or a crash (restart)."""
     # argv[1], the worker's index, names its log (the runner's business)
     run_dir, deadline = Path(argv[0]), float(argv[2])
     _die_with_parent()
