@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 
 from cifartune.cli.main import main
 from cifartune.config import resolve_config
+from cifartune.search import final_checkpoint, load_search, plan_final, train_final
 from cifartune.search.space import PRUNE_SIGNALS
 from cifartune.search.trial import fail_reason, unpack_correct, val_curve
 from cifartune.search.winner import verdict
@@ -343,7 +344,8 @@ def test_retry_oom_runs_the_out_of_memory_trials_again(tmp_path, tiny_space, sma
     assert retried[0].params == oom.params
 
 
-def test_final_trains_the_winner_at_the_target_on_all_images(tmp_path, small_root):
+def test_final_trains_the_winner_at_the_target_on_all_images(tmp_path, small_root,
+                                                             monkeypatch):
     """Trials first train at a cheap rung (1 epoch on 300 images); the winner's final model
     trains the target's 2 epochs on every training image (all 1,400 of the data folder; its
     validation score came from 2 epochs on the 1,000 not held out)."""
@@ -366,6 +368,17 @@ def test_final_trains_the_winner_at_the_target_on_all_images(tmp_path, small_roo
     assert final["train_images_seen"] == 2 * 1400  # all training images, no split held out
     config = resolve_config(files=[run / "final" / "config.toml"])
     assert config.data.val_size == 0 and config.data.train_limit == 0
+    winner = final["winner_trial"]
+    assert final_checkpoint(run, winner) is not None
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed mid-training")
+    monkeypatch.setattr("cifartune.search.final.train", crash)
+    defn = load_search(run)
+    with pytest.raises(RuntimeError):
+        train_final(defn, plan_final(defn))
+    # the half-written final no longer claims to be the winner's model
+    assert final_checkpoint(run, winner) is None
 
 
 def test_malformed_space_file_exits_2_with_one_line(tmp_path, small_root):

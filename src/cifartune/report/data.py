@@ -37,7 +37,7 @@ class TrialRow:
     curve: list[float] = field(default_factory=list)  # per-epoch validation accuracy
     started: float | None = None  # unix time
     finished: float | None = None
-    baseline: bool = False  # trial 0, the base configuration
+    baseline: bool = False  # the base configuration (trial 0, or its retry)
     rung_scores: list[float] = field(default_factory=list)  # validation accuracy per rung
     score: float | None = None  # what the impact figures compare (see `screening_score`)
 

@@ -92,6 +92,12 @@ def _section(title: str, body: str, sid: str) -> str:
     return f'<section id="{sid}"><h2>{_e(title)}</h2>{body}</section>'
 
 
+def _baseline_name(d: ReportData) -> str:
+    """Trial 0, or the retry that replaced it when its worker died."""
+    b = d.verdict.baseline if d.verdict is not None else None
+    return f"trial {b.number}" if b is not None else "trial 0"
+
+
 def render(d: ReportData, best: BestModelData | None, figs: dict[str, Path],
            errors: list[str] = ()) -> str:
     c = d.counts
@@ -104,7 +110,8 @@ def render(d: ReportData, best: BestModelData | None, figs: dict[str, Path],
                      f"<b>trial {d.verdict.winner.number}</b>: {_e(d.verdict.reason)}.</p>")
         overview += ("<h3>Baseline and finalists</h3><p class='note'>Every trial that reached "
                      "the target fidelity, scored on the same validation images as the "
-                     "baseline (trial 0, the base configuration). SE: standard error of the "
+                     f"baseline ({_baseline_name(d)}, the base configuration). SE: standard "
+                     "error of the "
                      "difference, paired over those images. A finalist wins only if it beats "
                      f"the baseline by more than {d.verdict.z:.1f} SE.</p>"
                      + _finalist_table(d.finalists))

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from cifartune.config import Config
 from cifartune.data import Dataset, prepare_data
-from cifartune.search.study import SearchDefinition
+from cifartune.search.results import best_config
+from cifartune.search.study import SearchDefinition, load_run_study
 from cifartune.search.trial import is_baseline
 from cifartune.search.winner import Verdict
 from cifartune.train import EpochReport, Evaluation, TrainResult, train
@@ -20,6 +21,14 @@ from cifartune.train.checkpoint import WEIGHTS
 from cifartune.train.run import evaluate_model, start_run, write_run
 
 FINAL = "final"
+
+
+@dataclass(frozen=True)
+class FinalPlan:
+    """What `--final` trains: the winner's configuration on all training images, with the
+    verdict that named it (made together by `plan_final`, so they cannot disagree)."""
+    config: Config
+    verdict: Verdict
 
 
 @dataclass
@@ -30,17 +39,23 @@ class FinalRun:
     metrics: dict
 
 
-def train_final(defn: SearchDefinition, config: Config, verdict: Verdict,
-                data: Dataset | None = None,
+def plan_final(defn: SearchDefinition) -> FinalPlan:
+    """The final model's plan from the study as it stands now."""
+    config, v = best_config(defn, load_run_study(defn).get_trials(deepcopy=False))
+    return FinalPlan(config, v)
+
+
+def train_final(defn: SearchDefinition, plan: FinalPlan, data: Dataset | None = None,
                 on_epoch: Callable[[EpochReport], None] | None = None) -> FinalRun:
-    """Train `config` (the winner's, on all training images: `results.best_config`) into
-    RUN/final and evaluate it on the test set."""
-    folder = defn.run_dir / FINAL
+    """Train the plan's configuration into RUN/final and evaluate it on the test set."""
+    folder, config, v = defn.run_dir / FINAL, plan.config, plan.verdict
+    # An earlier final's metrics name its trial: gone first, so that a crash before the new
+    # metrics are written cannot leave the new weights labelled with the old trial.
+    (folder / "metrics.json").unlink(missing_ok=True)
     start_run(folder, config)
     data = data if data is not None else prepare_data(config.data)
     result = train(config, data, on_epoch=on_epoch)
     test, _ = evaluate_model(result.model, data.test, data.classes, config, result.device)
-    v = verdict
     metrics = write_run(folder, result, test, extra={
         "winner_trial": v.winner.number, "winner_is_baseline": is_baseline(v.winner),
         "winner_val_accuracy": v.winner.value,
