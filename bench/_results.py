@@ -25,14 +25,25 @@ def append(path: Path, row: dict) -> None:
         os.fsync(f.fileno())
 
 
-def cpu_model() -> str:
+def _cpuinfo(field: str) -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(field):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return ""
+
+
+def cpu_model() -> str:
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def cpu_bf16() -> list[str]:
+    """The CPU's native bf16 flags: which of the machines a row came from (an AMX Xeon, an
+    AVX-512 bf16 EPYC, or neither), beyond what `cpu_capability` tells apart."""
+    flags = set(_cpuinfo("flags").split())
+    return sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
 
 
 def commit() -> str:
@@ -52,4 +63,4 @@ def machine() -> dict:
     import torch
 
     return {"cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "threads": torch.get_num_threads(), "commit": commit()}
+            "cpu_bf16": cpu_bf16(), "threads": torch.get_num_threads(), "commit": commit()}

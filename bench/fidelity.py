@@ -69,10 +69,13 @@ def run_one(config: Config, raw, fidelity: str) -> dict:
             "precision": precision_name(result.dtype)}
 
 
-def spearman(a: list[float], b: list[float]) -> float:
+def spearman(a: list[float], b: list[float]) -> tuple[float, float]:
+    """The rank correlation and its one-sided p-value (the chance of a correlation at least
+    this high were the fidelity's ranking unrelated to the target's)."""
     from scipy.stats import spearmanr
 
-    return float(spearmanr(a, b).statistic)
+    r = spearmanr(a, b, alternative="greater")
+    return float(r.statistic), float(r.pvalue)
 
 
 def work(row: dict, epochs: float) -> float:
@@ -94,17 +97,18 @@ def table(rows: list[dict], epochs: float) -> list[str]:
         shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                           for k, v in params.items())
         lines.append(f"{c:>6d} " + " ".join(cells) + f"  {shown}{' (base)' if c == 0 else ''}")
-    lines += ["", f"{'fidelity':10s} {'configs':>7s} {'spearman':>9s} {'work':>6s} "
-              f"{'time':>6s} {'base rank':>9s}  (work: training images processed, time: "
-              "training seconds, both as a fraction of the target's)"]
+    lines += ["", f"{'fidelity':10s} {'configs':>7s} {'spearman':>9s} {'p':>5s} {'work':>6s} "
+              f"{'time':>6s} {'base rank':>9s}  (p: one-sided; work: training images processed, "
+              "time: training seconds, both as a fraction of the target's)"]
     target = {c: by[c, "target"] for c in configs if (c, "target") in by}
-    t_secs = [r["train_seconds"] for r in target.values()]
     for f in names:
         both = [c for c in configs if (c, f) in by and c in target]
-        rho = spearman([by[c, f]["val_accuracy"] for c in both],
-                       [target[c]["val_accuracy"] for c in both]) if len(both) > 2 else None
-        secs = [by[c, f]["train_seconds"] for c in configs if (c, f) in by]
-        cost = (sum(secs) / len(secs)) / (sum(t_secs) / len(t_secs)) if t_secs else None
+        rho, p = spearman([by[c, f]["val_accuracy"] for c in both],
+                          [target[c]["val_accuracy"] for c in both]) \
+            if len(both) > 2 else (None, None)
+        # per configuration, so that each ratio compares runs of one machine and precision
+        ratios = [by[c, f]["train_seconds"] / target[c]["train_seconds"] for c in both]
+        cost = sum(ratios) / len(ratios) if ratios else None
         share = (work(next(by[c, f] for c in configs if (c, f) in by), epochs)
                  / work(next(iter(target.values())), epochs)) if target else None
         scores = sorted((by[c, f]["val_accuracy"] for c in configs if (c, f) in by),
@@ -112,10 +116,25 @@ def table(rows: list[dict], epochs: float) -> list[str]:
         rank = (scores.index(by[0, f]["val_accuracy"]) + 1) if (0, f) in by else None
         lines.append(f"{f:10s} {len(both):7d} "
                      f"{'-' if rho is None else f'{rho:.2f}':>9s} "
+                     f"{'-' if p is None else f'{p:.2f}':>5s} "
                      f"{'-' if share is None else f'{share:.2f}':>6s} "
                      f"{'-' if cost is None else f'{cost:.2f}':>6s} "
                      f"{'-' if rank is None else f'{rank}/{len(scores)}':>9s}")
-    return lines
+    return lines + noise(list(target.values()), rows)
+
+
+def noise(target: list[dict], rows: list[dict]) -> list[str]:
+    """How far apart the targets lie against the noise of one score: a correlation cannot
+    rank configurations whose targets differ by less than that noise."""
+    if len(target) < 2:
+        return []
+    acc = [r["val_accuracy"] for r in target]
+    mean, n = sum(acc) / len(acc), target[0]["val_images"]
+    se = (mean * (1 - mean) / n) ** 0.5
+    kinds = sorted({r.get("precision", "?") for r in rows})
+    return [f"targets span {min(acc):.4f}..{max(acc):.4f} ({(max(acc) - min(acc)) * 100:.2f} "
+            f"points); one score's standard error on {n} images: {se * 100:.2f} points",
+            f"precisions in these rows: {', '.join(kinds)}"]
 
 
 def main() -> None:

@@ -7,14 +7,17 @@ at the main command's own fidelity, repeated with different seeds.
 
 Each arm runs `run_search` (the same code as `cifartune search`) with the same time budget:
 one after the other on this machine, or with --parallel both at once, each pinned to its own
-half of the CPU cores (equal hardware, half the wall clock). Only trials finished inside an
+half of the CPU cores (equal hardware, half the wall clock, but each training twice as slow:
+give --parallel arms a longer budget). Only trials finished inside an
 arm's budget count. Both arms search as the main command does (`--set` changes that): trial 0
 is the baseline, and every score is at the target fidelity. Random search with no pruner
 trains every trial straight at the target; TPE + ASHA screens each trial at the space's
 rungs first and trains only the promoted ones at the target.
 Repeat i seeds both arms with seed + i (the random arm is TPE's "twin"). For each repeat it
-records each arm's best validation accuracy over time; then it prints, per repeat and as mean
-and spread, when TPE + ASHA passed its random twin's final best, and both final bests.
+records each arm's best validation accuracy over time, and the winner the search would hand
+back (the baseline unless beaten beyond noise); then it prints, per repeat and as mean and
+spread, when one of TPE + ASHA's searched trials reached its random twin's final best (its
+copy of the baseline, which both arms train alike, does not count), and both final bests.
 Goal: TPE + ASHA gets there in at most half the budget on average.
 Each finished arm is appended to the results file at once; rerunning the same command resumes.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,7 +37,8 @@ from _results import append, machine, read_jsonl
 from optuna.trial import FrozenTrial, TrialState
 
 from cifartune.config import apply, parse_overrides, resolve_config
-from cifartune.search import SearchSettings, load_space, run_search
+from cifartune.search import SearchSettings, load_space, run_search, verdict
+from cifartune.search.trial import is_baseline
 
 ARMS = (("random", "none"), ("tpe", "asha"))
 VAL_SIZE = 5000  # the main command's default validation split
@@ -47,10 +52,14 @@ def finished_by(trials: list[FrozenTrial], start: float, budget: float) -> list[
             and t.datetime_complete.timestamp() - start <= budget]
 
 
-def best_curve(trials: list[FrozenTrial], start: float) -> list[tuple[float, float]]:
-    """(seconds since the arm started, best validation accuracy so far), per improvement."""
+def best_curve(trials: list[FrozenTrial], start: float,
+               searched_only: bool = False) -> list[tuple[float, float]]:
+    """(seconds since the arm started, best validation accuracy so far), per improvement;
+    `searched_only`: over the searched trials alone, without the baseline (both arms train
+    the same baseline, so reaching a score through it is no credit to the sampler)."""
     curve, best = [], float("-inf")
-    done = sorted((t for t in trials if t.state == TrialState.COMPLETE),
+    done = sorted((t for t in trials if t.state == TrialState.COMPLETE
+                   and not (searched_only and is_baseline(t))),
                   key=lambda t: t.datetime_complete)
     for t in done:
         if t.value > best:
@@ -74,6 +83,9 @@ def run_arm(args: argparse.Namespace, repeat: int, arm: int) -> dict:
     sampler, pruner = ARMS[arm]
     seed = args.seed + repeat
     out = Path(args.out) / f"seed{seed}" / f"{sampler}-{pruner}"
+    # An arm stopped earlier left a study there: its trials would be the new arm's history
+    # (TPE learns from them) while the budget counts only new ones. Start clean.
+    shutil.rmtree(out, ignore_errors=True)
     space = load_space(args.space)
     fixed = parse_overrides(args.set)
     base = resolve_config(space.preset or None,
@@ -97,8 +109,13 @@ def run_arm(args: argparse.Namespace, repeat: int, arm: int) -> dict:
     trials = finished_by(snap.trials, start, budget)
     curve = best_curve(trials, start)
     states = [t.state for t in trials]
+    v = verdict(trials)  # what the search itself would hand back, noise guard included
     return {**key(args, repeat, arm), "run": str(out), "budget_seconds": budget,
             "best_val_accuracy": curve[-1][1] if curve else None,
+            "searched_curve": best_curve(trials, start, searched_only=True),
+            "baseline_val_accuracy": v.baseline.value if v and v.baseline else None,
+            "winner_trial": v.winner.number if v else None,
+            "winner_is_baseline": is_baseline(v.winner) if v else None,
             "complete": states.count(TrialState.COMPLETE),
             "pruned": states.count(TrialState.PRUNED), "failed": states.count(TrialState.FAIL),
             "epochs": sum(float(t.user_attrs.get("epochs_done", 0)) for t in trials),
@@ -123,7 +140,8 @@ def run_repeat_in_parallel(args: argparse.Namespace, repeat: int, todo: list[int
 def summary(rows: list[dict], budget: float) -> list[str]:
     seeds = sorted({r["seed"] for r in rows})
     lines = [f"{'seed':>4s} {'random best':>11s} {'tpe+asha best':>13s} "
-             f"{'tpe+asha passes random best':>28s}  (trials c/p/f: random | tpe+asha)"]
+             f"{'tpe+asha passes random best':>28s}  (trials c/p/f, winner: random | "
+             "tpe+asha)"]
     reach, best_r, best_t = [], [], []
     for s in seeds:
         arms = {r["arm"]: r for r in rows if r["seed"] == s}
@@ -132,12 +150,15 @@ def summary(rows: list[dict], budget: float) -> list[str]:
             continue
         r, t = arms["random+none"], arms["tpe+asha"]
         target = r["best_val_accuracy"]
-        when = time_to_reach(t["curve"], target) if target is not None else None
+        # reached by one of TPE's searched trials: its copy of the baseline does not count
+        when = time_to_reach(t["searched_curve"], target) if target is not None else None
         reach.append(when if when is not None else budget)  # never: counted as the budget
         best_r.append(target or 0.0)
         best_t.append(t["best_val_accuracy"] or 0.0)
         when_s = f"{when / 60:.1f} min ({when / budget:.0%})" if when is not None else "never"
-        counts = " | ".join(f"{a['complete']}/{a['pruned']}/{a['failed']}" for a in (r, t))
+        counts = " | ".join(f"{a['complete']}/{a['pruned']}/{a['failed']}, "
+                            + ("base" if a["winner_is_baseline"] else f"#{a['winner_trial']}")
+                            for a in (r, t))
         lines.append(f"{s:>4d} {best_r[-1]:11.4f} {best_t[-1]:13.4f} {when_s:>28s}  ({counts})")
     if reach:
         def ms(v: list[float], scale: float = 1.0) -> str:
