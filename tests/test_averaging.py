@@ -92,9 +92,12 @@ def test_every_epoch_scores_the_weights_the_run_hands_back(tiny_config, small, a
     assert result.history[-1].eval_accuracy == pytest.approx(final, abs=1e-6)
 
 
-def test_ema_on_a_short_real_run_is_not_worse_than_ema_off(tiny_config, small):
+def test_ema_on_a_short_real_run_is_about_as_good_as_ema_off(tiny_config, small):
     """30 steps, an update every step: the average spans about the last 5 steps. Scored on
-    the model each run hands back (the averaged one with EMA on)."""
+    the model each run hands back (the averaged one with EMA on). Not "better": measured on
+    an AMD EPYC, EMA came out 1-2 points below off here in both bf16 and fp32 (0.422 vs
+    0.444, 0.410 vs 0.420), on Intel machines level or above. A broken average (the
+    initial weights, or too little of the last ones) falls towards chance (0.1)."""
     def accuracy(cfg) -> float:
         result = train(cfg, small)
         x, y = to_device(small.test, result.device)
@@ -105,4 +108,5 @@ def test_ema_on_a_short_real_run_is_not_worse_than_ema_off(tiny_config, small):
     off = accuracy(cfg)
     on = accuracy(apply(cfg, {"averaging": "ema", "ema_every": 1, "ema_decay": 0.8}))
     assert off > 0.3  # it learned something (chance: 0.1)
-    assert on >= off - 0.02, (on, off)  # 0.02: 10 of the 500 test images
+    # 0.05: 25 of the 500 test images (one score's standard error: about 2.2 points)
+    assert on >= off - 0.05, (on, off)

@@ -48,4 +48,27 @@ def test_search_efficiency_bench_runs_both_arms(tmp_path, small_root):
     assert [x["arm"] for x in rows] == ["random+none", "tpe+asha"]
     assert all(x["complete"] >= 1 and x["seed"] == 0 for x in rows)  # the baseline at least
     assert "passes random's best" in r.stdout
+    assert all(x["winner_trial"] is not None and "searched_curve" in x for x in rows)
     assert Path(rows[0]["run"]).exists()
+
+
+def test_efficiency_credits_tpe_only_for_its_searched_trials(monkeypatch):
+    """Both arms train the same baseline: when random search never beats it, TPE's copy of
+    the baseline must not count as TPE reaching random's best."""
+    import optuna
+
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import search_efficiency as eff
+
+    study = optuna.create_study(direction="maximize")
+    for value, role in ((0.93, "baseline"), (0.92, None), (0.935, None)):
+        t = study.ask()
+        if role:
+            t.set_user_attr("role", role)
+        study.tell(t, value)
+    trials = study.get_trials()
+    start = trials[0].datetime_start.timestamp()
+    assert [v for _, v in eff.best_curve(trials, start)] == [0.93, 0.935]
+    searched = eff.best_curve(trials, start, searched_only=True)
+    assert [v for _, v in searched] == [0.92, 0.935]
+    assert eff.time_to_reach(searched, 0.93) == searched[1][0]  # not the baseline's time

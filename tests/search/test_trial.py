@@ -68,6 +68,20 @@ def test_the_baseline_goes_on_however_it_scores_at_the_rung(stubbed):
     assert other.state.name == "PRUNED" and other.intermediate_values == {1: 0.5}
 
 
+def test_the_baselines_rung_score_competes(stubbed):
+    """Trial 0, the baseline, scores 0.95 at the rung; a trial scoring 0.92 there is not in
+    the top third of the two, so it stops at the rung. Were the baseline's rung score not
+    reported, that trial would be the rung's first and go on."""
+    defn, study, data_for = stubbed
+    SCORES["rung 1"].update({0.24: 0.95, 0.45: 0.92})
+    SCORES["target"].update({0.24: 0.93, 0.45: 0.94})
+    enqueue_baseline(study, defn.space, defn.base)
+    base = run_one(defn, study, data_for, None)
+    assert base.user_attrs["role"] == "baseline" and base.intermediate_values == {1: 0.95}
+    other = run_one(defn, study, data_for, 0.45)
+    assert other.state.name == "PRUNED"
+
+
 def _baselines(study: optuna.Study) -> int:
     return sum(t.user_attrs.get("role") == "baseline" for t in study.get_trials())
 
