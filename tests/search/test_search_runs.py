@@ -381,6 +381,23 @@ def test_final_trains_the_winner_at_the_target_on_all_images(tmp_path, small_roo
     assert final_checkpoint(run, winner) is None
 
 
+def test_a_rung_as_costly_as_the_target_is_dropped_and_said(tmp_path, small_root):
+    """With --set train_limit=200 --set epochs=1 the target trains 200 images for 1 epoch,
+    as much as the space's rung (300 images, 1 epoch): the command drops the rung, says so,
+    and the baseline trains straight at the target."""
+    space = tmp_path / "rungs.toml"
+    space.write_text("rungs = [{ epochs = 1, train_limit = 300 }]\n" + TINY_SPACE)
+    run = tmp_path / "run"
+    r = search(run, space, small_root, "--n-trials", "1", "--set", "train_limit=200",
+               "--set", "epochs=1")
+    assert r.returncode == 0, r.stderr
+    note = next(line for line in r.stderr.splitlines() if "would train as much" in line)
+    assert "data.train_limit=300" in note and "so it is dropped" in note
+    assert "rung 1" not in r.stderr  # the search lists no rung
+    curve = json.loads((run / "trials" / "0000" / "curve.json").read_text())
+    assert {c["stage"] for c in curve} == {"target"}  # trained at the target only
+
+
 def test_malformed_space_file_exits_2_with_one_line(tmp_path, small_root):
     bad = tmp_path / "bad.toml"
     bad.write_text("[params.lr]\ntype = 'float'\nlow = 1.0\nhigh = 0.1\n")

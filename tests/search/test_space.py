@@ -236,13 +236,32 @@ def test_a_base_value_off_a_log_scale_is_a_clear_error():
         space.including_base(apply(Config(), {"optim.weight_decay": 0.0}))
 
 
-@pytest.mark.parametrize(("limit", "epochs", "kept"), [(0, 8, 1), (8000, 8, 0), (10000, 8, 0),
-                                                      (20000, 8, 1), (0, 1, 1)])
-def test_a_rung_that_costs_as_much_as_the_target_is_dropped(limit, epochs, kept):
-    """`--set train_limit=8000` makes a 10,000-image rung train as much as the target
-    (or more): screening there would only add cost."""
-    base = apply(Config(), {"data.train_limit": limit, "train.epochs": epochs})
-    space = load_space("fast")
-    n = limit or 45000
-    cheaper, dropped = space.cheaper_rungs(base, n)
-    assert len(cheaper.rungs) == kept and dropped == ([] if kept else [1])
+RUNGS = ('rungs = [{ train_limit = 10000 }, { epochs = 4 }, { batch_size = 500 }]\n'
+         "[params.lr]\ntype = 'float'\nlow = 0.1\nhigh = 0.5\n")
+
+
+@pytest.mark.parametrize(("base", "dropped"), [
+    ({}, []),  # 10,000 of 45,000 images; 4 of 8 epochs
+    ({"data.train_limit": 8000}, [{"data.train_limit": 10000}]),  # 8,000 < 10,000
+    ({"data.train_limit": 10000}, [{"data.train_limit": 10000}]),
+    ({"data.train_limit": 20000}, []),
+    ({"train.epochs": 4}, [{"train.epochs": 4}]),
+    ({"train.epochs": 3, "data.train_limit": 9000},
+     [{"data.train_limit": 10000}, {"train.epochs": 4}]),
+])
+def test_a_rung_that_trains_as_much_as_the_target_is_dropped(base, dropped):
+    """`--set train_limit=8000` makes a 10,000-image rung train as much as the target (or
+    more), `--set epochs=4` a 4-epoch rung: screening there would only add cost. A rung
+    that changes other keys (batch size) has a cost this cannot judge: it stays."""
+    space = parse_space(RUNGS, "r")
+    cheaper, gone = space.cheaper_rungs(apply(Config(), base), base.get("data.train_limit")
+                                        or 45000)
+    assert gone == dropped
+    assert cheaper.rungs == [r for r in space.rungs if r not in dropped]
+    assert {"train.batch_size": 500} in cheaper.rungs
+
+
+def test_rungs_are_not_judged_when_images_or_epochs_are_searched():
+    """The base's epochs are not every trial's when epochs is searched."""
+    space = parse_space(RUNGS + "[params.epochs]\ntype = 'int'\nlow = 2\nhigh = 8\n", "e")
+    assert space.cheaper_rungs(apply(Config(), {"train.epochs": 4}), 45000) == (space, [])

@@ -157,13 +157,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     if not settings.has_limit():
         ui.err.print("no --n-trials, --timeout or --epoch-budget: searching until Ctrl-C")
     space, widened = space.including_base(base)
-    space, dropped = space.cheaper_rungs(base, len(data.train))
+    if settings.pruner != "none":  # without a pruner, rungs are not run anyway
+        space, dropped = space.cheaper_rungs(base, len(data.train))
+        for rung in dropped:
+            ui.err.print("note: the space's rung " + _rung_text(rung) + " would train as much "
+                         "as the target (the base's train_limit or epochs are at or below "
+                         "its own), so it is dropped")
     for line in describe_search(space, base, settings, out, len(data.train)):
         ui.err.print(line)
-    if dropped:
-        ui.err.print(f"note: rung(s) {', '.join(map(str, dropped))} would train as much as "
-                     "the target (the base's train_limit or epochs are at or below the "
-                     "rung's), so they are dropped: those trials train straight at the target")
     if widened:
         ui.err.print(f"note: the base configuration's {', '.join(widened)} lay outside the "
                      "space; widened to hold it, so trial 0 (the baseline) is in the space")
@@ -197,13 +198,17 @@ def describe_search(space: SearchSpace, base: Config, settings: SearchSettings, 
     target = space.trial_config(base, {})
     for k, (rung, cost) in enumerate(zip(rungs, space.rung_costs(base, target_images),
                                                strict=False)):  # no rungs: pruner none
-        lines.append(f"  rung {k + 1}: " + ", ".join(f"{key}={v}" for key, v in rung.items())
-                     + f" ({cost:.0%} of the target's training)")
+        lines.append(f"  rung {k + 1}: {_rung_text(rung)}"
+                     + (f" ({cost:.0%} of the target's training)" if cost is not None else ""))
     lines.append(f"  target: {target.train.epochs:g} epochs on {target_images} training "
                  f"images (all but the {target.data.val_size} held out"
                  + (f", train_limit {target.data.train_limit})" if target.data.train_limit
                     else ")"))
     return lines
+
+
+def _rung_text(rung: dict) -> str:
+    return ", ".join(f"{key}={v}" for key, v in rung.items())
 
 
 def print_summary(out: Path, snap: Snapshot) -> None:
@@ -213,6 +218,8 @@ def print_summary(out: Path, snap: Snapshot) -> None:
     c = snap.counts
     ui.out.print(f"\nsearch finished: {c.complete} complete, {c.pruned} pruned, {c.failed} "
                  f"failed trials; {c.epochs:.0f} epochs in {ui.duration(snap.elapsed)}")
+    for event in snap.events:  # what stopped the search short, if anything
+        ui.out.print(event)
     if c.out_of_memory:
         ui.out.print(f"{c.out_of_memory} trial(s) ran out of memory: rerun the same command with "
                      "fewer --workers and --retry-oom to run them again")
@@ -234,8 +241,8 @@ def final_run(out: Path) -> None:
     defn = load_search(out)
     plan = plan_final(defn)
     config, v = plan.config, plan.verdict
-    who = ("the base configuration (trial 0, the baseline)" if is_baseline(v.winner)
-           else f"trial {v.winner.number}'s configuration")
+    who = (f"the base configuration (trial {v.winner.number}, the baseline)"
+           if is_baseline(v.winner) else f"trial {v.winner.number}'s configuration")
     ui.err.print(f"\nfinal: training {who}, validation {ui.pct(v.winner.value)}, for "
                  f"{config.train.epochs:g} epochs on all training images -> {out / 'final'}")
     data = load_data(config)

@@ -51,6 +51,8 @@ PRUNE_SIGNALS = ("val_accuracy", "train_accuracy")
 _TOP_LEVEL = {"description", "preset", "rungs", "prune_on", "params", "fixed"}
 # config keys that choose the validation (and test) images: the same at every rung
 _SPLIT_KEYS = {"data.path", "data.val_size", "data.val_seed", "data.test_limit"}
+# config keys whose product is a rung's training work (images x epochs)
+_WORK_KEYS = {"data.train_limit", "train.epochs"}
 
 
 @dataclass
@@ -90,25 +92,30 @@ class SearchSpace:
         widened = [p.name for p, q in zip(self.params, params, strict=True) if p != q]
         return replace(self, params=params), widened
 
-    def rung_costs(self, base: Config, target_images: int) -> list[float]:
+    def rung_costs(self, base: Config, target_images: int) -> list[float | None]:
         """Each rung's training (images x epochs) as a share of the target's, where the
-        target trains on `target_images`. A rung's train_limit counts only up to the
-        target's images: past them it is no cheaper (it may even train on more)."""
+        target trains on `target_images`; None for a rung that also changes other keys
+        (batch, widths: a cost this cannot tell). A rung's train_limit counts only up to
+        the target's images: past them it is no cheaper (it may even train on more)."""
         target = self.trial_config(base, {})
 
         def work(config: Config) -> float:
             n = config.data.train_limit
             return (min(n, target_images) if n else target_images) * config.train.epochs
-        return [work(apply(target, r)) / work(target) for r in self.rungs]
+        return [work(apply(target, r)) / work(target)
+                if set(_canonical(r)) <= _WORK_KEYS else None for r in self.rungs]
 
-    def cheaper_rungs(self, base: Config, target_images: int) -> tuple[SearchSpace, list[int]]:
-        """This space without the rungs that cost as much as the target (e.g. a
+    def cheaper_rungs(self, base: Config, target_images: int) -> tuple[SearchSpace, list[dict]]:
+        """This space without the rungs that train as much as the target (e.g. a
         10,000-image rung under `--set train_limit=8000`), which would only add cost and
-        screen at the target itself; and the 1-based numbers of those dropped."""
+        screen at the target itself; and the rungs dropped. Only rungs that change nothing
+        but images and epochs are judged, and only while neither is searched (the base's
+        value would not be every trial's)."""
+        if _WORK_KEYS & {p.key for p in self.params}:
+            return self, []
         costs = self.rung_costs(base, target_images)
-        dropped = [k + 1 for k, c in enumerate(costs) if c >= 1]
-        rungs = [r for r, c in zip(self.rungs, costs, strict=True) if c < 1]
-        return replace(self, rungs=rungs), dropped
+        dropped = [r for r, c in zip(self.rungs, costs, strict=True) if c is not None and c >= 1]
+        return replace(self, rungs=[r for r in self.rungs if r not in dropped]), dropped
 
     def values_of(self, config: Config) -> dict[str, Any]:
         """The values a config gives the space's active parameters (the baseline's params)."""

@@ -12,7 +12,7 @@ that workers on many machines share. Either way it is a plain Optuna study:
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import optuna
@@ -110,9 +110,14 @@ def save_search(run_dir: Path, space: SearchSpace, base: Config,
     run_dir.mkdir(parents=True, exist_ok=True)
     space_text, base_text = space.to_toml(), base.to_toml()
     if (run_dir / SPACE).exists():
-        if not parse_space((run_dir / SPACE).read_text(), space.name).same_search(space):
-            raise ConfigError(f"{run_dir} holds a search over a different space; resume it "
-                              "with the same --space, or choose a new --out")
+        stored = parse_space((run_dir / SPACE).read_text(), space.name)
+        if not stored.same_search(space):
+            rungs = replace(stored, rungs=space.rungs).same_search(space)
+            raise ConfigError(f"{run_dir} holds a search over a different space"
+                              + (" (it differs only in its rungs: a rung that would train "
+                                 "as much as the target is now dropped, so a folder started "
+                                 "before that with such a rung cannot resume)" if rungs else "")
+                              + "; resume it with the same --space, or choose a new --out")
         old = resolve_config(files=[run_dir / BASE_CONFIG])
         if old != base:
             changed = sorted(k for k, v in flatten(base.to_dict()).items()
