@@ -166,20 +166,46 @@ def test_a_stopping_search_waits_for_running_trials_never_seen_alive():
     assert watch.undecided(study.get_trials()) == [1]  # trial 0 is alive: not waited for
 
 
-def test_a_worker_that_dies_at_once_is_started_again_only_a_few_times(monkeypatch, tmp_path):
+def _recovery_polls(study: optuna.Study, tmp_path: Path, start, polls: int) -> list:
+    """`polls` polls of a search (2 worker slots) with no worker alive; `start` stands in
+    for starting a worker in a slot."""
+    settings = SearchSettings(study="s", workers=2)
+    workers = runner._Workers(tmp_path, settings, 0.0)
+    workers.start = start
+    return [runner._recovery_pending(study, HeartbeatWatch(), workers,
+                                     runner.snapshot(study, settings, 0.0, 0.0, 0, []))
+            for _ in range(polls)]
+
+
+def test_a_worker_that_dies_at_once_is_started_again_only_a_few_times(tmp_path):
     """With no worker alive and a trial queued again (recovery), the search starts a worker
     for it; a worker that always dies at once must not be started forever."""
     study = optuna.create_study(direction="maximize")
     study.enqueue_trial({"x": 0.5})
-    settings = SearchSettings(study="s")
-    workers = runner._Workers(tmp_path, settings, 0.0)
-    started = []
-    monkeypatch.setattr(workers, "start", started.append)
-    polls = [runner._recovery_pending(study, HeartbeatWatch(), workers,
-                                      runner.snapshot(study, settings, 0.0, 0.0, 0, []))
-             for _ in range(3 * runner.MAX_RESTARTS)]
-    assert started == [0] * runner.MAX_RESTARTS
-    assert polls[-1] is False  # then the search ends (the trial stays queued for a rerun)
+    started: list[int] = []
+    polls = _recovery_polls(study, tmp_path, started.append, 4 * runner.MAX_RESTARTS)
+    # each worker slot's restarts, then it gives up and says why
+    assert started == [0] * runner.MAX_RESTARTS + [1] * runner.MAX_RESTARTS
+    assert all(p is True for p in polls[:2 * runner.MAX_RESTARTS])
+    assert "1 queued trial(s) not run" in polls[-1]
+
+
+def test_workers_that_run_the_queue_are_started_as_long_as_it_lasts(tmp_path):
+    """Recovering many dead workers' trials (a shared study): a start that ran some of the
+    queue costs no restart, so all of it is run."""
+    study = optuna.create_study(direction="maximize")
+    queued = 4 * runner.MAX_RESTARTS
+    for _ in range(queued):
+        study.enqueue_trial({"x": 0.5})
+    started: list[int] = []
+
+    def start(slot: int) -> None:  # this worker runs one queued trial, then exits
+        started.append(slot)
+        trial = study.ask()
+        study.tell(trial, 0.5)
+    polls = _recovery_polls(study, tmp_path, start, queued + 1)
+    assert len(started) == queued and polls[-1] is False  # all run; then the search ends
+    assert not [t for t in study.get_trials() if t.state == TrialState.WAITING]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

@@ -110,6 +110,7 @@ class _Workers:
         self.fatal = False  # a worker hit a user error (e.g. data missing): start no more
         self.procs: list[subprocess.Popen | None] = [None] * settings.workers
         self.restarts = [0] * settings.workers
+        self.recovery_waiting: int | None = None  # queued trials at the last recovery start
         (run_dir / "workers").mkdir(parents=True, exist_ok=True)
 
     def _env(self, index: int) -> dict:
@@ -226,9 +227,11 @@ def run_search(run_dir: Path, space: SearchSpace, base: Config, settings: Search
                 # Before stopping: a RUNNING trial never seen alive may be a dead machine's
                 # (it counts against the budget, so nobody would run it): wait until it is
                 # seen alive or judged dead, and run what that queued again.
-                if _recovery_pending(study, watch, workers, snap):
+                pending = _recovery_pending(study, watch, workers, snap)
+                if pending is True:
                     continue
-                return snapshot(study, settings, start, deadline, 0, [])
+                return snapshot(study, settings, start, deadline, 0,
+                                [pending] if isinstance(pending, str) else [])
     finally:  # Ctrl-C, or any error here: never leave workers running unattended
         if workers.alive():
             workers.stop()
@@ -236,16 +239,25 @@ def run_search(run_dir: Path, space: SearchSpace, base: Config, settings: Search
 
 
 def _recovery_pending(study: optuna.Study, watch: _recovery.HeartbeatWatch, workers: _Workers,
-                      snap: Snapshot) -> bool:
+                      snap: Snapshot) -> bool | str:
     """Whether the search must go on polling with no worker alive; starts one for trials
-    queued again by recovery."""
+    queued again by recovery. A start counts against a worker slot's restarts unless the
+    previous such start ran some of the queue: a worker that dies at once is not started
+    forever. Giving up returns the reason (an event for the user)."""
     if workers.fatal:
         return False
-    # Such a start counts as a restart: a worker that dies at once must not loop forever.
-    if (snap.counts.waiting and workers.restarts[0] < MAX_RESTARTS
-            and _budget.may_start(study, workers.settings, workers.deadline)):
-        workers.restarts[0] += 1
-        workers.start(0)
+    waiting = snap.counts.waiting
+    if waiting and _budget.may_start(study, workers.settings, workers.deadline):
+        progressed = workers.recovery_waiting is not None and waiting < workers.recovery_waiting
+        slot = next((i for i, n in enumerate(workers.restarts) if n < MAX_RESTARTS), None)
+        if slot is None and not progressed:
+            return (f"{waiting} queued trial(s) not run: the workers started for them kept "
+                    "dying (see the worker logs); rerun the command to try again")
+        slot = 0 if slot is None else slot
+        if not progressed:
+            workers.restarts[slot] += 1
+        workers.recovery_waiting = waiting
+        workers.start(slot)
         return True
     return bool(watch.undecided(snap.trials))
 
