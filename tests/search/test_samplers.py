@@ -124,7 +124,9 @@ def test_with_one_rung_every_trial_is_screened_there(pruner):
     """A space with one rung reports one step (1). Every trial must face the pruner
     there: a Hyperband bracket deciding first at step 3 would send its trials straight to
     the target, unscreened and never compared with the baseline's rung score."""
-    study = optuna.create_study(direction="maximize", pruner=make_pruner(pruner, 8, rungs=1))
+    # a fixed name: Hyperband puts trials in brackets by a hash of it and the trial number
+    study = optuna.create_study(study_name="one-rung", direction="maximize",
+                                pruner=make_pruner(pruner, 8, rungs=1))
     went_on = []
     for score in [0.9, 0.85, 0.8, 0.88, 0.87] + [0.1] * 9:  # the top third: never a 0.1
         trial = study.ask()

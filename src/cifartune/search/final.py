@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cifartune.config import Config
 from cifartune.data import Dataset, prepare_data
+from cifartune.errors import CifartuneError
 from cifartune.search.results import best_config
 from cifartune.search.study import SearchDefinition, load_run_study
 from cifartune.search.trial import is_baseline
@@ -27,6 +28,7 @@ FINAL = "final"
 class FinalPlan:
     """What `--final` trains: the winner's configuration on all training images, with the
     verdict that named it (made together by `plan_final`, so they cannot disagree)."""
+    run_dir: Path  # the search it was made from
     config: Config
     verdict: Verdict
 
@@ -42,12 +44,14 @@ class FinalRun:
 def plan_final(defn: SearchDefinition) -> FinalPlan:
     """The final model's plan from the study as it stands now."""
     config, v = best_config(defn, load_run_study(defn).get_trials(deepcopy=False))
-    return FinalPlan(config, v)
+    return FinalPlan(defn.run_dir, config, v)
 
 
 def train_final(defn: SearchDefinition, plan: FinalPlan, data: Dataset | None = None,
                 on_epoch: Callable[[EpochReport], None] | None = None) -> FinalRun:
     """Train the plan's configuration into RUN/final and evaluate it on the test set."""
+    if plan.run_dir != defn.run_dir:
+        raise CifartuneError(f"this final plan is {plan.run_dir}'s, not {defn.run_dir}'s")
     folder, config, v = defn.run_dir / FINAL, plan.config, plan.verdict
     # An earlier final's metrics name its trial: gone first, so that a crash before the new
     # metrics are written cannot leave the new weights labelled with the old trial.

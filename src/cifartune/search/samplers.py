@@ -106,8 +106,10 @@ def make_sampler(name: str, seed: int | None = None) -> optuna.samplers.BaseSamp
 
 
 # With rungs, trial k's score at rung r (0-based) is reported at step REDUCTION**r: Optuna's
-# successive-halving rungs lie at min_resource * reduction_factor**r, so its ASHA and
-# Hyperband decide at every rung (an epoch-by-epoch step would decide only at 1, 3, 9, ...).
+# successive-halving rungs lie at min_resource * reduction_factor**r, so ASHA decides at
+# every rung (an epoch-by-epoch step would decide only at 1, 3, 9, ...). Hyperband's bracket
+# b decides from rung b on: its trials still train at the earlier rungs (their scores are
+# recorded) but pass them unjudged.
 REDUCTION = 3
 
 
