@@ -45,8 +45,7 @@ VAL_SIZE = 5000  # the main command's default validation split
 
 
 def finished_by(trials: list[FrozenTrial], start: float, budget: float) -> list[FrozenTrial]:
-    """Trials this arm started and finished inside its budget (an arm rerun after a stop
-    resumes its study: the earlier trials are not this measurement's)."""
+    """Trials this arm started and finished inside its budget."""
     return [t for t in trials if t.state.is_finished() and t.datetime_complete is not None
             and t.datetime_start is not None and t.datetime_start.timestamp() >= start - 1
             and t.datetime_complete.timestamp() - start <= budget]
@@ -74,9 +73,10 @@ def time_to_reach(curve: list[tuple[float, float]], target: float) -> float | No
 
 def key(args: argparse.Namespace, repeat: int, arm: int) -> dict:
     """What makes two arm runs the same measurement (for resuming from the results file)."""
+    # version 2: rows carry the searched-only curve and the winner (older ones are rerun)
     return {"space": args.space, "set": args.set, "minutes": args.minutes,
             "seed": args.seed + repeat, "arm": "+".join(ARMS[arm]),
-            "parallel": args.parallel}
+            "parallel": args.parallel, "version": 2}
 
 
 def run_arm(args: argparse.Namespace, repeat: int, arm: int) -> dict:
@@ -137,6 +137,12 @@ def run_repeat_in_parallel(args: argparse.Namespace, repeat: int, todo: list[int
         raise SystemExit("an arm failed; see its output above")
 
 
+def winner_text(row: dict) -> str:
+    if row["winner_trial"] is None:
+        return "none"
+    return "base" if row["winner_is_baseline"] else f"#{row['winner_trial']}"
+
+
 def summary(rows: list[dict], budget: float) -> list[str]:
     seeds = sorted({r["seed"] for r in rows})
     lines = [f"{'seed':>4s} {'random best':>11s} {'tpe+asha best':>13s} "
@@ -157,7 +163,7 @@ def summary(rows: list[dict], budget: float) -> list[str]:
         best_t.append(t["best_val_accuracy"] or 0.0)
         when_s = f"{when / 60:.1f} min ({when / budget:.0%})" if when is not None else "never"
         counts = " | ".join(f"{a['complete']}/{a['pruned']}/{a['failed']}, "
-                            + ("base" if a["winner_is_baseline"] else f"#{a['winner_trial']}")
+                            + winner_text(a)
                             for a in (r, t))
         lines.append(f"{s:>4d} {best_r[-1]:11.4f} {best_t[-1]:13.4f} {when_s:>28s}  ({counts})")
     if reach:

@@ -72,3 +72,28 @@ def test_efficiency_credits_tpe_only_for_its_searched_trials(monkeypatch):
     searched = eff.best_curve(trials, start, searched_only=True)
     assert [v for _, v in searched] == [0.92, 0.935]
     assert eff.time_to_reach(searched, 0.93) == searched[1][0]  # not the baseline's time
+
+
+def test_the_fidelity_p_value_is_exact_at_few_configurations(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import fidelity
+
+    assert fidelity.spearman([1, 2, 3], [1, 2, 3]) == (1.0, 1 / 6)  # 1 ordering of 6
+    rho, p = fidelity.spearman([1, 2, 3], [1, 3, 2])
+    assert abs(rho - 0.5) < 1e-9 and p == 0.5  # 3 of the 6 orderings reach 0.5
+
+
+def test_the_efficiency_summary_judges_tpe_by_its_searched_trials(monkeypatch):
+    """Random search never beat its baseline (0.93); TPE's copy of the baseline reached
+    0.93 at 10 min, its first searched trial at 25 min: TPE passes at 25 min."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import search_efficiency as eff
+
+    common = {"seed": 0, "complete": 2, "pruned": 0, "failed": 0, "winner_trial": 0,
+              "winner_is_baseline": True}
+    rows = [{**common, "arm": "random+none", "best_val_accuracy": 0.93,
+             "curve": [[600.0, 0.93]], "searched_curve": [[1200.0, 0.92]]},
+            {**common, "arm": "tpe+asha", "best_val_accuracy": 0.935,
+             "curve": [[600.0, 0.93], [1500.0, 0.935]], "searched_curve": [[1500.0, 0.935]]}]
+    line = eff.summary(rows, 1800.0)[1]
+    assert "25.0 min (83%)" in line and "2/0/0, base | 2/0/0, base" in line
