@@ -41,9 +41,11 @@ def cpu_model() -> str:
 
 def cpu_bf16() -> list[str]:
     """The CPU's native bf16 flags: which of the machines a row came from (an AMX Xeon, an
-    AVX-512 bf16 EPYC, or neither), beyond what `cpu_capability` tells apart."""
-    flags = set(_cpuinfo("flags").split())
-    return sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
+    AVX-512 bf16 EPYC, or neither), beyond what `cpu_capability` tells apart. The same
+    reading `precision=auto` decides by."""
+    from cifartune.train import _device
+
+    return sorted((_device._cpu_flags() or frozenset()) & _device._NATIVE_BF16_FLAGS)
 
 
 def commit() -> str:
