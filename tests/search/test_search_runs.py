@@ -55,6 +55,22 @@ def test_set_holds_a_searched_parameter_fixed(tmp_path, tiny_space, small_root):
     assert r.stderr.strip().count("\n") == 0
 
 
+def test_config_files_beat_the_spaces_fixed_values_but_leave_parameters_searched(
+        tmp_path, tiny_space, small_root):
+    """A --config file is the user's base: its epochs (2) beat the space's [fixed] 3, and its
+    label smoothing becomes the baseline's value while the parameter stays searched."""
+    base = tmp_path / "base.toml"
+    base.write_text("[train]\nepochs = 2\nlabel_smoothing = 0.1\n")
+    run = tmp_path / "run"
+    r = search(run, tiny_space, small_root, "--config", str(base), "--sampler", "random",
+               "--pruner", "none", "--n-trials", "2")
+    assert r.returncode == 0, r.stderr
+    trials = load(run).get_trials()
+    assert all(t.user_attrs["epochs_done"] == 2 for t in trials)
+    assert all(set(t.params) == {"lr", "label_smoothing"} for t in trials)
+    assert trials[0].params["label_smoothing"] == 0.1 != trials[1].params["label_smoothing"]
+
+
 @pytest.mark.parametrize("signal", PRUNE_SIGNALS)
 def test_pruning_really_stops_trials_early(tmp_path, tiny_space, small_root, signal):
     space = tmp_path / "wide.toml"

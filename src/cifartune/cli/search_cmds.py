@@ -16,7 +16,7 @@ from cifartune.cli.commands import (
     print_evaluation,
     resolve_args,
 )
-from cifartune.config import all_training_images, apply, parse_overrides
+from cifartune.config import all_training_images, apply, flatten, parse_overrides, read_toml
 from cifartune.errors import CifartuneError
 
 if TYPE_CHECKING:  # the search stack (Optuna) loads only when a search command runs
@@ -136,8 +136,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     from cifartune.search import load_space, run_search
     from cifartune.search.samplers import make_sampler
 
-    # --set wins over the space: a searched parameter it names is held fixed, not searched.
-    space = load_space(args.space).fix(parse_overrides(args.overrides))
+    # --config files win over the space's [fixed] values; --set wins over the whole space: a
+    # searched parameter it names is held fixed, not searched.
+    files = {k: v for f in args.config or [] for k, v in flatten(read_toml(f)).items()}
+    space = load_space(args.space).under(files).fix(parse_overrides(args.overrides))
     args.preset = args.preset or space.preset or None  # the space's own base recipe
     base = resolve_args(args)
     if not space.params:

@@ -142,6 +142,13 @@ class SearchSpace:
     def trial_config(self, base: Config, values: dict[str, Any]) -> Config:
         return apply(base, self.overrides(values))
 
+    def under(self, values: dict[str, Any]) -> SearchSpace:
+        """This space with its [fixed] values replaced where `values` (the `--config` files)
+        set the same keys: those files are the user's base, so they win over the space's
+        defaults, but unlike `--set` they leave the searched parameters searched."""
+        values = _canonical(values)
+        return replace(self, fixed={k: values.get(full_key(k), v) for k, v in self.fixed.items()})
+
     def fix(self, values: dict[str, Any]) -> SearchSpace:
         """This space with config keys held at the given values (`--set`): a searched
         parameter bound to one of them is no longer searched, a [fixed] value is replaced;
