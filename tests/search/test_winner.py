@@ -72,10 +72,22 @@ def test_the_bar_rises_with_the_number_of_finalists():
 def test_no_baseline_score_and_no_per_image_scores():
     v = verdict([trial(3, scores(900)), trial(4, scores(910))])
     assert v.winner.number == 4 and v.baseline is None and "no baseline" in v.reason
+    assert not v.pending
     assert verdict([]) is None
     base, other = trial(0, scores(900), baseline=True), trial(1, scores(900, flips=3))
     other.user_attrs["val_correct"] = pack_correct(np.ones(N + 1, bool))  # another split
     assert paired(other, base)[1] is None
+
+
+@pytest.mark.parametrize("state", ["RUNNING", "WAITING", "FAIL"])
+def test_an_unscored_baseline_is_said_and_a_running_one_holds_the_verdict_open(state):
+    """Without the baseline's score the best trial cannot be judged: the verdict says why,
+    and while the baseline may still be scored (--final then refuses) it is only pending."""
+    base = trial(0, scores(950), baseline=True, state=getattr(optuna.trial.TrialState, state))
+    v = verdict([base, trial(1, scores(900)), trial(2, scores(910))])
+    assert v.winner.number == 2 and v.baseline is None and "baseline (trial 0)" in v.reason
+    assert v.pending == (state != "FAIL")
+    assert ("failed" in v.reason) == (state == "FAIL")
 
 
 def test_the_first_baseline_counts_not_the_luckiest():

@@ -44,6 +44,9 @@ class FinalRun:
 def plan_final(defn: SearchDefinition) -> FinalPlan:
     """The final model's plan from the study as it stands now."""
     config, v = best_config(defn, load_run_study(defn).get_trials(deepcopy=False))
+    if v.pending:  # e.g. another machine is still training it
+        raise CifartuneError(f"{defn.run_dir}: {v.reason}; a final model waits for the "
+                             "baseline's score, so rerun --final when the search has it")
     return FinalPlan(defn.run_dir, config, v)
 
 

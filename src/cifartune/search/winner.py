@@ -12,7 +12,7 @@ from statistics import NormalDist
 
 from optuna.trial import FrozenTrial, TrialState
 
-from cifartune.search.trial import ATTR_VAL_CORRECT, is_baseline, unpack_correct
+from cifartune.search.trial import ATTR_VAL_CORRECT, fail_reason, is_baseline, unpack_correct
 
 # The chance that a finalist no better than the baseline is named the winner: one-sided,
 # split between the finalists (Bonferroni), so promoting more of them does not raise it.
@@ -64,6 +64,7 @@ class Verdict:
     se: float | None  # its paired standard error
     z: float  # standard errors the best had to beat the baseline by
     reason: str  # why the winner won, in words
+    pending: bool = False  # the baseline is queued or running: the verdict may still change
 
     @property
     def compared(self) -> str:
@@ -87,8 +88,17 @@ def verdict(trials: list[FrozenTrial]) -> Verdict | None:
     best, base = top[0], baseline_of(trials)
     z = required_z(len([t for t in top if not is_baseline(t)]))
     if base is None:
-        return Verdict(best, best, None, None, None, z, "no baseline score to compare with: "
-                       "the best trial wins")
+        unscored = [t for t in trials if is_baseline(t)]
+        if not unscored:  # a study from before baselines (or one whose baseline was deleted)
+            return Verdict(best, best, None, None, None, z, "no baseline trial to compare "
+                           "with: the best trial wins")
+        b = min(unscored, key=lambda t: t.number)
+        if b.state == TrialState.FAIL:  # e.g. the user's --set makes the base diverge
+            return Verdict(best, best, None, None, None, z, f"the baseline (trial {b.number}) "
+                           f"failed ({fail_reason(b, trials)}): the best trial wins unjudged")
+        return Verdict(best, best, None, None, None, z, f"the baseline (trial {b.number}) is "
+                       f"not scored yet ({b.state.name.lower()}): the best trial leads for now, "
+                       "unjudged", pending=True)
     if best.number == base.number:
         return Verdict(base, best, base, 0.0, 0.0, z, "no trial scored above the baseline: "
                        "the base configuration stays")
