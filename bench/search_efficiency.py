@@ -36,8 +36,8 @@ from pathlib import Path
 from _results import append, machine, read_jsonl
 from optuna.trial import FrozenTrial, TrialState
 
-from cifartune.config import apply, parse_overrides, resolve_config
-from cifartune.search import SearchSettings, load_space, run_search, verdict
+from cifartune.config import Config, apply, parse_overrides, resolve_config
+from cifartune.search import SearchSettings, SearchSpace, load_space, run_search, verdict
 from cifartune.search.trial import is_baseline
 
 ARMS = (("random", "none"), ("tpe", "asha"))
@@ -71,12 +71,27 @@ def time_to_reach(curve: list[tuple[float, float]], target: float) -> float | No
     return next((s for s, v in curve if v >= target), None)
 
 
+def arm_search(args: argparse.Namespace) -> tuple[SearchSpace, Config]:
+    """The space and base config every arm searches, as `cifartune search` makes them:
+    `--set` held fixed, and a rung that would train as much as the target dropped."""
+    space = load_space(args.space)
+    fixed = parse_overrides(args.set)
+    base = resolve_config(space.preset or None,
+                          overrides=[f"data.path={args.data!r}"] if args.data else [])
+    base = apply(base, {"data.val_size": VAL_SIZE, **fixed})
+    # CIFAR-10's 50,000 training images less the validation split, unless --set limits them
+    target_images = min(base.data.train_limit or 50_000, 50_000 - VAL_SIZE)
+    space, _ = space.fix(fixed).cheaper_rungs(base, target_images)
+    return space, base
+
+
 def key(args: argparse.Namespace, repeat: int, arm: int) -> dict:
     """What makes two arm runs the same measurement (for resuming from the results file)."""
-    # version 2: rows carry the searched-only curve and the winner (older ones are rerun)
+    # version 3: rows carry the rungs searched (the fast space's moved from 10,000 images to
+    # 5,000); version 2 added the searched-only curve and the winner (older rows are rerun)
     return {"space": args.space, "set": args.set, "minutes": args.minutes,
             "seed": args.seed + repeat, "arm": "+".join(ARMS[arm]),
-            "parallel": args.parallel, "version": 2}
+            "rungs": arm_search(args)[0].rungs, "parallel": args.parallel, "version": 3}
 
 
 def run_arm(args: argparse.Namespace, repeat: int, arm: int) -> dict:
@@ -86,12 +101,7 @@ def run_arm(args: argparse.Namespace, repeat: int, arm: int) -> dict:
     # An arm stopped earlier left a study there: its trials would be the new arm's history
     # (TPE learns from them) while the budget counts only new ones. Start clean.
     shutil.rmtree(out, ignore_errors=True)
-    space = load_space(args.space)
-    fixed = parse_overrides(args.set)
-    base = resolve_config(space.preset or None,
-                          overrides=[f"data.path={args.data!r}"] if args.data else [])
-    space = space.fix(fixed)
-    base = apply(base, {"data.val_size": VAL_SIZE, **fixed})
+    space, base = arm_search(args)
     settings = SearchSettings(study=out.name, sampler=sampler, pruner=pruner, seed=seed,
                               timeout=args.minutes * 60)
     start = time.time()

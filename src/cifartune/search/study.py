@@ -114,9 +114,10 @@ def save_search(run_dir: Path, space: SearchSpace, base: Config,
         if not stored.same_search(space):
             rungs = replace(stored, rungs=space.rungs).same_search(space)
             raise ConfigError(f"{run_dir} holds a search over a different space"
-                              + (" (it differs only in its rungs: a rung that would train "
-                                 "as much as the target is now dropped, so a folder started "
-                                 "before that with such a rung cannot resume)" if rungs else "")
+                              + (f" (it differs only in its rungs: {stored.rungs} there, "
+                                 f"{space.rungs} now; the space file changed, or a rung that "
+                                 "would train as much as the target is now dropped)"
+                                 if rungs else "")
                               + "; resume it with the same --space, or choose a new --out")
         old = resolve_config(files=[run_dir / BASE_CONFIG])
         if old != base:
