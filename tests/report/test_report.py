@@ -91,11 +91,15 @@ def test_a_final_model_is_shown_only_while_its_trial_is_the_winner(report_run, t
     shutil.copytree(report_run, run)
     defn = load_search(run)
     data = compute(defn, load_run_study(defn).get_trials())
-    winner = verdict(load_run_study(defn).get_trials()).winner.number
+    trials = load_run_study(defn).get_trials()
+    winner = verdict(trials).winner.number
+    # an earlier winner: another completed trial of this study, its model still kept
+    earlier = next(t.number for t in trials if t.number != winner and
+                   (run / "trials" / f"{t.number:04d}" / "model.safetensors").exists())
     final = run / "final"
     final.mkdir(exist_ok=True)
-    shutil.copy(run / "trials" / f"{winner:04d}" / "model.safetensors", final)
-    (final / "metrics.json").write_text(json.dumps({"winner_trial": winner + 1000}))
+    shutil.copy(run / "trials" / f"{earlier:04d}" / "model.safetensors", final)
+    (final / "metrics.json").write_text(json.dumps({"winner_trial": earlier}))
     path, source = _best_checkpoint(defn, data)
     assert path == run / "trials" / f"{winner:04d}" / "model.safetensors"
     assert "the winner" in source

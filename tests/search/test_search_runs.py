@@ -178,14 +178,16 @@ def test_two_workers_share_a_postgres_study(tmp_path, tiny_space, small_root):
 
 @pytest.mark.skipif(not os.environ.get("CIFARTUNE_TEST_POSTGRES_URL"),
                     reason="set CIFARTUNE_TEST_POSTGRES_URL to test PostgreSQL storage")
+@pytest.mark.parametrize("seed", [(), ("--seed", "7")])
 def test_two_machines_on_one_postgres_study_never_repeat_parameters(tmp_path, tiny_space,
-                                                                    small_root):
+                                                                    small_root, seed):
     """The README's scale-out line, run by two processes at once (each its own run folder,
-    as on two machines): one baseline, and no configuration drawn twice."""
+    as on two machines): one baseline, trial 0, and no configuration drawn twice. With the
+    same --seed on both machines (a seed per process once made them draw alike) too."""
     url = os.environ["CIFARTUNE_TEST_POSTGRES_URL"]
     study = f"pg-{uuid.uuid4().hex[:8]}"
     args = ("--storage", url, "--study", study, "--n-trials", "6", "--workers", "1",
-            "--sampler", "random", "--pruner", "none", "--set", "epochs=1")
+            "--sampler", "random", "--pruner", "none", "--set", "epochs=1", *seed)
     try:
         procs = [search(tmp_path / f"machine{i}", tiny_space, small_root, *args, wait=False)
                  for i in range(2)]
@@ -196,6 +198,7 @@ def test_two_machines_on_one_postgres_study_never_repeat_parameters(tmp_path, ti
         params = [tuple(sorted(t.params.items())) for t in trials]
         assert len(params) >= 6 and len(set(params)) == len(params), params
         assert [t.user_attrs.get("role") for t in trials].count("baseline") == 1
+        assert trials[0].user_attrs.get("role") == "baseline"
         assert len({t.user_attrs["worker"] for t in trials}) == 2  # both machines worked
     finally:
         with contextlib.suppress(KeyError):
@@ -281,10 +284,16 @@ def test_best_ensemble_final_and_memory(tmp_path, tiny_space, small_root, capsys
     assert shared <= set(m) and shared <= set(final)
 
 
-def test_trial_0_of_every_new_study_is_the_base_configuration(tmp_path, tiny_space,
-                                                               small_root):
+RUNG = "rungs = [{ train_limit = 300 }]\n"
+
+
+@pytest.mark.parametrize("sampler,pruner,rungs", [("random", "none", ""), ("tpe", "asha", RUNG)])
+def test_trial_0_of_every_new_study_is_the_base_configuration(tmp_path, small_root, sampler,
+                                                               pruner, rungs):
+    tiny_space = tmp_path / "space.toml"
+    tiny_space.write_text(rungs + TINY_SPACE)
     run = tmp_path / "run"
-    args = ("--set", "optim.momentum=0.7", "--sampler", "random", "--pruner", "none")
+    args = ("--set", "optim.momentum=0.7", "--sampler", sampler, "--pruner", pruner)
     r = search(run, tiny_space, small_root, "--n-trials", "2", *args)
     assert r.returncode == 0, r.stderr
     r = search(run, tiny_space, small_root, "--n-trials", "3", *args)  # resumed
@@ -299,6 +308,7 @@ def test_trial_0_of_every_new_study_is_the_base_configuration(tmp_path, tiny_spa
     assert (config.optim.lr, config.optim.momentum, config.train.epochs) == (
         base.optim.lr, 0.7, 3.0)
     assert trials[0].state == TrialState.COMPLETE
+    assert len(trials[0].user_attrs.get("rung_scores", [])) == (1 if rungs else 0)
     assert "baseline (trial 0)" in r.stdout
 
 
@@ -386,6 +396,9 @@ def test_final_trains_the_winner_at_the_target_on_all_images(tmp_path, small_roo
     assert config.data.val_size == 0 and config.data.train_limit == 0
     winner = final["winner_trial"]
     assert final_checkpoint(run, winner) is not None
+    won = study.trials[winner].params  # the baseline's are the base's values
+    assert (config.optim.lr, config.train.label_smoothing) == pytest.approx(
+        (won["lr"], won["label_smoothing"]))
 
     def crash(*args, **kwargs):
         raise RuntimeError("killed mid-training")
