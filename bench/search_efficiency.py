@@ -74,14 +74,16 @@ def time_to_reach(curve: list[tuple[float, float]], target: float) -> float | No
 def arm_search(args: argparse.Namespace) -> tuple[SearchSpace, Config]:
     """The space and base config every arm searches, as `cifartune search` makes them:
     `--set` held fixed, and a rung that would train as much as the target dropped."""
-    space = load_space(args.space)
     fixed = parse_overrides(args.set)
+    space = load_space(args.space).fix(fixed)
     base = resolve_config(space.preset or None,
                           overrides=[f"data.path={args.data!r}"] if args.data else [])
     base = apply(base, {"data.val_size": VAL_SIZE, **fixed})
     # CIFAR-10's 50,000 training images less the validation split, unless --set limits them
-    target_images = min(base.data.train_limit or 50_000, 50_000 - VAL_SIZE)
-    space, _ = space.fix(fixed).cheaper_rungs(base, target_images)
+    # (the command counts the loaded data's; this bench is for CIFAR-10 only)
+    target = space.trial_config(base, {}).data
+    target_images = min(target.train_limit or 50_000, 50_000 - target.val_size)
+    space, _ = space.cheaper_rungs(base, target_images)
     return space, base
 
 

@@ -305,14 +305,21 @@ def from_dict(tree: dict[str, Any], cls: type = Config) -> Any:
     return cls(**kwargs)
 
 
-def resolve_config(preset: str | None = None, files: list[str | Path] = (),
+def config_file_values(path: str | Path) -> dict[str, Any]:
+    """A TOML config file's values under their full keys (`epochs` -> `train.epochs`)."""
+    return {full_key(k): v for k, v in flatten(read_toml(path)).items()}
+
+
+def resolve_config(preset: str | None = None, files: list[str | Path | dict] = (),
                    overrides: list[str] = (), base: Config | None = None) -> Config:
-    """Defaults <- preset <- each TOML file <- each `key=value` override, validated."""
+    """Defaults <- preset <- each TOML file <- each `key=value` override, validated. A file
+    may be given as the values `config_file_values` read from it (read once: `<(...)` can
+    be read only once)."""
     config = base or Config()
     if preset:
         config = apply(config, preset_values(preset))
-    for path in files:
-        config = apply(config, flatten(read_toml(path)))
+    for f in files:
+        config = apply(config, f if isinstance(f, dict) else config_file_values(f))
     return apply(config, parse_overrides(overrides))
 
 

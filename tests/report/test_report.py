@@ -94,8 +94,8 @@ def test_a_final_model_is_shown_only_while_its_trial_is_the_winner(report_run, t
     trials = load_run_study(defn).get_trials()
     winner = verdict(trials).winner.number
     # an earlier winner: another completed trial of this study, its model still kept
-    earlier = next(t.number for t in trials if t.number != winner and
-                   (run / "trials" / f"{t.number:04d}" / "model.safetensors").exists())
+    earlier = next(t.number for t in trials if t.number != winner and t.value is not None
+                   and (run / "trials" / f"{t.number:04d}" / "model.safetensors").exists())
     final = run / "final"
     final.mkdir(exist_ok=True)
     shutil.copy(run / "trials" / f"{earlier:04d}" / "model.safetensors", final)

@@ -58,17 +58,28 @@ def test_set_holds_a_searched_parameter_fixed(tmp_path, tiny_space, small_root):
 def test_config_files_beat_the_spaces_fixed_values_but_leave_parameters_searched(
         tmp_path, tiny_space, small_root):
     """A --config file is the user's base: its epochs (2) beat the space's [fixed] 3, and its
-    label smoothing becomes the baseline's value while the parameter stays searched."""
-    base = tmp_path / "base.toml"
-    base.write_text("[train]\nepochs = 2\nlabel_smoothing = 0.1\n")
+    label smoothing becomes the baseline's value while the parameter stays searched. Given
+    as `<(cifartune best RUN)` it is a pipe, readable once, and (as `best` writes it) sets
+    val_size = 0, which a search ignores: its trials are still scored on the split."""
+    import subprocess
+    import sys
+
     run = tmp_path / "run"
-    r = search(run, tiny_space, small_root, "--config", str(base), "--sampler", "random",
-               "--pruner", "none", "--n-trials", "2")
+    read, write = os.pipe()
+    os.write(write, b"[train]\nepochs = 2\nlabel_smoothing = 0.1\n[data]\nval_size = 0\n")
+    os.close(write)
+    r = subprocess.run([sys.executable, "-m", "cifartune.cli.main", "search", "--space",
+                        str(tiny_space), "--data", str(small_root), "--out", str(run),
+                        "--config", f"/dev/fd/{read}", "--sampler", "random", "--pruner",
+                        "none", "--n-trials", "2"], capture_output=True, text=True,
+                       timeout=300, pass_fds=(read,))
+    os.close(read)
     assert r.returncode == 0, r.stderr
     trials = load(run).get_trials()
     assert all(t.user_attrs["epochs_done"] == 2 for t in trials)
     assert all(set(t.params) == {"lr", "label_smoothing"} for t in trials)
     assert trials[0].params["label_smoothing"] == 0.1 != trials[1].params["label_smoothing"]
+    assert all(len(unpack_correct(t.user_attrs["val_correct"])) == 400 for t in trials)
 
 
 @pytest.mark.parametrize("signal", PRUNE_SIGNALS)

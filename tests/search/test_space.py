@@ -199,7 +199,7 @@ def test_resume_compares_spaces_by_meaning(tmp_path):
     for other in (space.fix({"lr": 0.1}), replace(space, prune_on="train_accuracy")):
         with pytest.raises(ConfigError, match="different space"):
             save_search(tmp_path, other, Config(), settings)
-    # a run folder started before the fast space's rung moved from 10,000 to 5,000 images
+    # a run folder started before its space's rungs changed (here: none, then one)
     rung = replace(space, rungs=[{"data.train_limit": 5000}])
     with pytest.raises(ConfigError, match=r"only in its rungs: \[\] there, \[\{'data.train_limit': "
                        r"5000\}\] now; the space file changed"):

@@ -90,6 +90,15 @@ def test_an_unscored_baseline_is_said_and_a_running_one_holds_the_verdict_open(s
     assert ("failed" in v.reason) == (state == "FAIL")
 
 
+def test_a_queued_retry_of_a_failed_baseline_holds_the_verdict_open():
+    """A baseline whose worker died was failed and queued again (the retry keeps its role):
+    the verdict waits for the retry, it does not call the baseline failed."""
+    failed = trial(0, scores(950), baseline=True, state=optuna.trial.TrialState.FAIL)
+    retry = trial(3, scores(950), baseline=True, state=optuna.trial.TrialState.WAITING)
+    v = verdict([failed, trial(1, scores(900)), trial(2, scores(910)), retry])
+    assert v.pending and "baseline (trial 3) is not scored yet" in v.reason
+
+
 def test_the_first_baseline_counts_not_the_luckiest():
     a, b = trial(0, scores(900), baseline=True), trial(1, scores(950), baseline=True)
     assert baseline_of([b, a]).number == 0

@@ -25,8 +25,10 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                    "$CIFARTUNE_DATA, else download to the per-user cache)")
 
 
-def resolve_args(args: argparse.Namespace) -> Config:
-    config = resolve_config(args.preset, args.config, args.overrides)
+def resolve_args(args: argparse.Namespace, files: list[dict] | None = None) -> Config:
+    """The command's config; `files`: the --config files' values when already read."""
+    config = resolve_config(args.preset, args.config if files is None else files,
+                            args.overrides)
     if getattr(args, "data", None):
         config = apply(config, {"data.path": str(Path(args.data).expanduser().resolve())})
     return config

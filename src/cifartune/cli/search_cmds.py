@@ -16,7 +16,7 @@ from cifartune.cli.commands import (
     print_evaluation,
     resolve_args,
 )
-from cifartune.config import all_training_images, apply, flatten, parse_overrides, read_toml
+from cifartune.config import all_training_images, apply, config_file_values, parse_overrides
 from cifartune.errors import CifartuneError
 
 if TYPE_CHECKING:  # the search stack (Optuna) loads only when a search command runs
@@ -137,11 +137,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     from cifartune.search.samplers import make_sampler
 
     # --config files win over the space's [fixed] values; --set wins over the whole space: a
-    # searched parameter it names is held fixed, not searched.
-    files = {k: v for f in args.config or [] for k, v in flatten(read_toml(f)).items()}
-    space = load_space(args.space).under(files).fix(parse_overrides(args.overrides))
+    # searched parameter it names is held fixed, not searched. Each file is read once.
+    files = [config_file_values(f) for f in args.config or []]
+    merged = {k: v for f in files for k, v in f.items()}
+    if merged.get("data.val_size") == 0:  # a `cifartune best` file: trains on all images
+        del merged["data.val_size"]  # (a search keeps its validation split, as below)
+    space = load_space(args.space).under(merged).fix(parse_overrides(args.overrides))
     args.preset = args.preset or space.preset or None  # the space's own base recipe
-    base = resolve_args(args)
+    base = resolve_args(args, files)
     if not space.params:
         raise CifartuneError(f"--set fixes every parameter of space '{space.name}': nothing is "
                              "left to search; use 'cifartune train' for one configuration")
@@ -179,11 +182,16 @@ def cmd_search(args: argparse.Namespace) -> int:
                  f"(the run folder is {out})")
         return 130
     print_summary(out, snap)
+    code = 0
     if args.final and snap.counts.complete:
-        final_run(out)
+        try:
+            final_run(out)
+        except CifartuneError as e:  # e.g. the baseline is not scored yet: report anyway
+            ui.error(str(e))
+            code = 1
     if args.report and snap.counts.complete:
         cmd_report(argparse.Namespace(run=str(out), no_model=False))
-    return 0
+    return code
 
 
 def describe_search(space: SearchSpace, base: Config, settings: SearchSettings, out: Path,

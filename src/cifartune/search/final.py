@@ -46,7 +46,9 @@ def plan_final(defn: SearchDefinition) -> FinalPlan:
     config, v = best_config(defn, load_run_study(defn).get_trials(deepcopy=False))
     if v.pending:  # e.g. another machine is still training it
         raise CifartuneError(f"{defn.run_dir}: {v.reason}; a final model waits for the "
-                             "baseline's score, so rerun --final when the search has it")
+                             "baseline's score: rerun the search command with --n-trials 1 "
+                             "--final (a resumed search runs its queued trials, the baseline's "
+                             "among them, and starts no new one)")
     return FinalPlan(defn.run_dir, config, v)
 
 

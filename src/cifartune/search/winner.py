@@ -92,10 +92,12 @@ def verdict(trials: list[FrozenTrial]) -> Verdict | None:
         if not unscored:  # a study from before baselines (or one whose baseline was deleted)
             return Verdict(best, best, None, None, None, z, "no baseline trial to compare "
                            "with: the best trial wins")
-        b = min(unscored, key=lambda t: t.number)
-        if b.state == TrialState.FAIL:  # e.g. the user's --set makes the base diverge
+        live = [t for t in unscored if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+        if not live:  # e.g. the user's --set makes the base diverge
+            b = max(unscored, key=lambda t: t.number)  # the last try
             return Verdict(best, best, None, None, None, z, f"the baseline (trial {b.number}) "
                            f"failed ({fail_reason(b, trials)}): the best trial wins unjudged")
+        b = min(live, key=lambda t: t.number)  # a retry of a failed one keeps its role
         return Verdict(best, best, None, None, None, z, f"the baseline (trial {b.number}) is "
                        f"not scored yet ({b.state.name.lower()}): the best trial leads for now, "
                        "unjudged", pending=True)
