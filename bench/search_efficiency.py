@@ -211,16 +211,17 @@ def main() -> None:
         append(results, run_arm(args, repeat, arm))
         return
     for repeat in range(args.repeats):
+        want = key(args, repeat, 0)  # once: it loads the space and resolves the base
         done = {r["arm"] for r in read_jsonl(results)
-                if all(r.get(k) == v for k, v in key(args, repeat, 0).items() if k != "arm")}
+                if all(r.get(k) == v for k, v in want.items() if k != "arm")}
         todo = [i for i in range(len(ARMS)) if "+".join(ARMS[i]) not in done]
         if args.parallel and todo:
             run_repeat_in_parallel(args, repeat, todo)
         for i in [] if args.parallel else todo:
             append(results, run_arm(args, repeat, i))
+    want = key(args, 0, 0)
     rows = [r for r in read_jsonl(results)
-            if all(r.get(k) == v for k, v in key(args, 0, 0).items()
-                   if k not in ("arm", "seed"))
+            if all(r.get(k) == v for k, v in want.items() if k not in ("arm", "seed"))
             and args.seed <= r["seed"] < args.seed + args.repeats]
     print(f"\nspace {args.space}{' with ' + ' '.join(args.set) if args.set else ''}, "
           f"{args.minutes:g} min per arm{', arms in parallel' if args.parallel else ''}; "

@@ -155,7 +155,7 @@ class SearchSpace:
         other keys are left to the base config. A parameter conditioned on a fixed one stays
         only if the fixed value meets its `when`, and inherits the fixed one's own `when`."""
         values = _canonical(values)
-        fixed = {k: values.get(full_key(k), v) for k, v in self.fixed.items()}
+        fixed = dict(self.under(values).fixed)
         gone: dict[str, Any] = {}  # parameter name -> its fixed value (_MISSING: dropped)
         inherited: dict[str, dict[str, tuple]] = {}  # fixed parameter -> its own `when`
         kept: list[Param] = []
