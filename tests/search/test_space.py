@@ -1,3 +1,4 @@
+import re
 from dataclasses import replace
 
 import optuna
@@ -204,6 +205,10 @@ def test_resume_compares_spaces_by_meaning(tmp_path):
     with pytest.raises(ConfigError, match=r"only in its rungs: \[\] there, \[\{'data.train_limit': "
                        r"5000\}\] now; the space file changed"):
         save_search(tmp_path, rung, Config(), settings)
+    # ... and the space the error suggests resumes it
+    with pytest.raises(ConfigError, match=re.escape(f"--space {tmp_path / SPACE}")):
+        save_search(tmp_path, rung, Config(), settings)
+    save_search(tmp_path, load_space(str(tmp_path / SPACE)), Config(), settings)
 
 
 def test_the_space_widens_to_hold_the_base_configuration():

@@ -118,7 +118,8 @@ def save_search(run_dir: Path, space: SearchSpace, base: Config,
                                  f"{space.rungs} now; the space file changed, or a rung that "
                                  "would train as much as the target is now dropped)"
                                  if rungs else "")
-                              + "; resume it with the same --space, or choose a new --out")
+                              + f"; resume it with the space it was started with "
+                              f"(--space {run_dir / SPACE}), or choose a new --out")
         old = resolve_config(files=[run_dir / BASE_CONFIG])
         if old != base:
             changed = sorted(k for k, v in flatten(base.to_dict()).items()
