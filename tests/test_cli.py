@@ -117,27 +117,41 @@ def test_config_command(capsys):
     assert "train.label_smoothing" in capsys.readouterr().out
 
 
-def test_interrupted_training_leaves_no_half_written_checkpoint(cifar_root, tmp_path):
-    """SIGINT during training: exit 130, config kept, no checkpoint or temp file."""
+def test_interrupted_training_resumes_from_its_last_completed_epoch(cifar_root, tmp_path):
+    """SIGINT during training: exit 130, the config and the last completed epoch's state
+    kept (no checkpoint, no temp file), and the hint to resume; `--resume` then finishes the
+    run with its whole curve and removes the state. A new run into that folder is refused."""
     import signal
     import time
 
     out = tmp_path / "r"
     proc = subprocess.Popen([sys.executable, "-m", "cifartune.cli.main", "train", "--data",
-                             str(cifar_root), "--set", "epochs=50", "--set", "train_limit=2000",
+                             str(cifar_root), "--set", "epochs=6", "--set", "train_limit=2000",
                              "--set", "batch_size=100", "--set", "widths=[16,32,32]",
-                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             "--set", "test_limit=500", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, preexec_fn=restore_sigint)
     deadline = time.time() + 120
-    while not (out / "config.toml").exists() and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(3)
+    while not (out / "train_state.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
-    assert (out / "config.toml").exists()
-    assert sorted(p.name for p in out.iterdir()) == ["config.toml"]
+    assert f"cifartune train --resume {out}" in err
+    assert sorted(p.name for p in out.iterdir()) == ["config.toml", "train_state.pt"]
+
+    _bad(["train", "--data", str(cifar_root), "--out", str(out)], "holds an interrupted run")
+    _bad(["train", "--resume", str(out), "--set", "lr=0.1"], "drop --set")
+    r = cli("train", "--resume", str(out))
+    assert r.returncode == 0, r.stderr
+    done = int(r.stderr.split("after epoch ")[1].split()[0])
+    assert 1 <= done < 6
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == list(range(1, 7))
+    assert sorted(p.name for p in out.iterdir()) == ["config.toml", "confusion.csv",
+                                                     "metrics.json", "model.safetensors"]
+    _bad(["train", "--resume", str(out)], "train_state.pt does not exist")
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -4,7 +4,7 @@ import torch
 
 from cifartune.config import ScheduleConfig, apply
 from cifartune.data import limit
-from cifartune.errors import DivergenceError
+from cifartune.errors import CheckpointError, DivergenceError
 from cifartune.train import _device, train
 from cifartune.train.checkpoint import load_checkpoint, save_checkpoint
 from cifartune.train.optim import lr_factor
@@ -178,3 +178,51 @@ def test_arm_cpu_flags_are_read_too(tmp_path):
     cpuinfo.write_text("processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n")
     assert "bf16" in _device._cpu_flags(str(cpuinfo))
     assert _device._cpu_flags(str(tmp_path / "missing")) is None
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_after(epoch: int):
+    def on_epoch(report):
+        if report.epoch == epoch:
+            raise _Stop
+    return on_epoch
+
+
+@pytest.mark.parametrize("overrides", [
+    {"averaging": "ema", "ema_every": 1, "epochs": 2.5},  # fast model, Muon, a part epoch
+    {"arch": "resnet", "depth": 2, "width": 8, "units": 32, "dropout": 0.3, "rotate": 15.0,
+     "shift": 0.1, "zoom": 0.1, "cutout": 8, "optimizer": "adam", "lr": 1e-3,
+     "schedule": "exponential", "averaging": "lookahead", "epochs": 3},  # seed-like: dropout
+], ids=["fast-ema", "resnet-dropout-lookahead"])
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tiny_config, small,
+                                                                    tmp_path, overrides):
+    """Stopped after epoch 1 and resumed from its saved state: the same final weights and the
+    same curve as a run never stopped (augmentation draws, dropout masks, optimizer moments,
+    averaged weights and the schedule all continue where they were)."""
+    cfg = apply(tiny_config, {**overrides, "train_limit": 600})
+    whole = train(cfg, small)
+    state = tmp_path / "train_state.pt"
+    with pytest.raises(_Stop):
+        train(cfg, small, on_epoch=_stop_after(1), save_state_to=state)
+    resumed = train(cfg, small, save_state_to=state, resume=True)
+    a, b = whole.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [(h.epoch, h.steps, h.train_loss, h.eval_accuracy) for h in resumed.history] == \
+        [(h.epoch, h.steps, h.train_loss, h.eval_accuracy) for h in whole.history]
+    assert resumed.images_seen == whole.images_seen
+
+
+def test_resuming_with_another_config_or_without_a_state_is_refused(tiny_config, small,
+                                                                    tmp_path):
+    state = tmp_path / "train_state.pt"
+    with pytest.raises(CheckpointError, match="does not exist"):
+        train(tiny_config, small, save_state_to=state, resume=True)
+    train(tiny_config, small, save_state_to=state)
+    with pytest.raises(CheckpointError, match=r"another config \(optim.lr differ\)"):
+        train(apply(tiny_config, {"lr": 0.1}), small, save_state_to=state, resume=True)
+    state.write_bytes(b"not a state")
+    with pytest.raises(CheckpointError, match="not a readable training state"):
+        train(tiny_config, small, save_state_to=state, resume=True)

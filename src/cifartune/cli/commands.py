@@ -55,16 +55,38 @@ def print_evaluation(ev, title: str) -> None:
     ui.out.print(line)
 
 
+def run_to_train(args: argparse.Namespace) -> tuple[Path, Config]:
+    """The run folder and config of `train`: a new run, or with --resume an interrupted one."""
+    from cifartune.train import TRAIN_STATE, saved_epochs
+
+    if args.resume:
+        given = [flag for flag, value in (("--preset", args.preset), ("--config", args.config),
+                                          ("--set", args.overrides), ("--data", args.data),
+                                          ("--out", args.out)) if value]
+        if given:
+            raise CifartuneError(f"--resume continues a run with its own config.toml and "
+                                 f"folder; drop {', '.join(given)}")
+        out = Path(args.resume)
+        done, total = saved_epochs(out / TRAIN_STATE)
+        ui.err.print(f"resuming {out} after epoch {done} of {total}")
+        return out, resolve_config(files=[out / "config.toml"])
+    out = Path(args.out) if args.out else default_out("train")
+    if (out / TRAIN_STATE).exists():
+        raise CifartuneError(f"{out} holds an interrupted run; continue it with 'cifartune "
+                             f"train --resume {out}', or choose another --out")
+    return out, resolve_args(args)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from cifartune.models import describe_model
-    from cifartune.train import train
+    from cifartune.train import TRAIN_STATE, train
     from cifartune.train.run import evaluate_model, start_run, write_run
 
     started = time.perf_counter()
-    config = resolve_args(args)
-    out = Path(args.out) if args.out else default_out("train")
+    out, config = run_to_train(args)
     data = load_data(config)  # before the run folder: bad data leaves nothing behind
-    start_run(out, config)
+    if not args.resume:
+        start_run(out, config)
     ui.err.print(f"run folder: {out}  (resolved config in {out / 'config.toml'})")
     stats = describe_model(config.model, data.num_classes)
     ui.err.print(f"model: {config.model.arch}, {stats.describe()}")
@@ -74,14 +96,22 @@ def cmd_train(args: argparse.Namespace) -> int:
                      "test images: watch "
                      "the run with it, never choose settings or epochs by it (hold out a "
                      "validation split with --set val_size=5000, or use 'cifartune search')")
+    state = out / TRAIN_STATE
     with ui.epoch_progress(config.train.epochs) as bar:
-        result = train(config, data, on_epoch=bar)
+        try:
+            result = train(config, data, on_epoch=bar, save_state_to=state, resume=args.resume)
+        except KeyboardInterrupt:
+            if state.exists():
+                ui.err.print("stopped; continue from the last completed epoch with: cifartune "
+                             f"train --resume {out}")
+            raise
     ui.err.print(f"evaluating the test set (tta={config.train.tta})...")
     test, _ = evaluate_model(result.model, data.test, data.classes, config, result.device)
     val = None
     if data.val is not None:
         val, _ = evaluate_model(result.model, data.val, data.classes, config, result.device)
     metrics = write_run(out, result, test, val)
+    state.unlink(missing_ok=True)  # the run is whole: nothing left to resume
     print_evaluation(test, f"test set ({data.source}), tta={config.train.tta}")
     if val is not None:
         ui.out.print(f"validation accuracy: {ui.pct(val.accuracy)} on {val.n} held-out images")

@@ -13,6 +13,7 @@ EPILOG = """examples:
   cifartune train                                  # the fast recipe (~94% on CIFAR-10)
   cifartune train --preset seed --set epochs=2     # the original Keras ResNet configuration
   cifartune train --set seed=1 --set lr=0.2 --out runs/lr02
+  cifartune train --resume runs/lr02               # continue it after a crash or Ctrl-C
   cifartune evaluate runs/lr02                     # test accuracy, report, confusion matrix
   cifartune predict runs/lr02 cat.jpg dog.png      # top-3 classes per image
   cifartune data                                   # where the data is, and is it sound
@@ -33,9 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model and report its test accuracy",
                        description="Train with a preset/config/overrides; writes OUT/config.toml, "
-                       "OUT/model.safetensors, OUT/metrics.json and OUT/confusion.csv.")
+                       "OUT/model.safetensors, OUT/metrics.json and OUT/confusion.csv. While it "
+                       "trains, OUT/train_state.pt holds the state after the last completed "
+                       "epoch, so an interrupted run continues with --resume OUT.")
     add_config_args(p)
     p.add_argument("--out", metavar="DIR", help="run folder (default: runs/train-<time>)")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last "
+                   "completed epoch, with its own config (same final weights as a run that was "
+                   "never stopped)")
     p.set_defaults(func=c.cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on the test set",

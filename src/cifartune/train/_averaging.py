@@ -78,6 +78,15 @@ class WeightAverage:
         finally:
             _load(state, saved)
 
+    def state_dict(self) -> dict:
+        return {"avg": self.avg, "updates": self.updates, "steps": self.steps}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state["avg"].items():
+            self.avg[k].copy_(v)
+        self.updates, self.steps = state["updates"], state["steps"]
+
     @torch.no_grad()
     def finalize(self, model: nn.Module) -> None:
         """Keep the averaged weights in the model (the run's result)."""

@@ -2,7 +2,9 @@
 
 `train(config, data, on_epoch=...)` builds the model, trains it for `config.train.epochs`
 and returns a `TrainResult`. The only hook is `on_epoch(EpochReport)`, called after every
-epoch (progress, metrics, pruning: an exception raised there stops training).
+epoch (progress, metrics, pruning: an exception raised there stops training). With
+`save_state_to` the loop also saves its whole state after every epoch, and `resume=True`
+continues from that state: the same weights in the end as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +31,7 @@ from cifartune.train._device import (
     resolve_dtype,
     synchronize,
 )
+from cifartune.train._state import read_state, restore_state, save_state
 from cifartune.train.evaluate import autocast, predict_logits
 from cifartune.train.optim import build_optimizers, l2_penalty, lr_factor, set_lr
 
@@ -75,7 +79,12 @@ def build_model(config: Config, data: Dataset, device: torch.device) -> Classifi
 
 
 def train(config: Config, data: Dataset | None = None,
-          on_epoch: Callable[[EpochReport], None] | None = None) -> TrainResult:
+          on_epoch: Callable[[EpochReport], None] | None = None,
+          save_state_to: Path | None = None, resume: bool = False) -> TrainResult:
+    """`save_state_to`: a file to write the training state to after every epoch (before
+    `on_epoch`, so a stop there loses nothing); `resume`: first continue from that file."""
+    if resume and save_state_to is None:
+        raise ValueError("resume needs the state file (save_state_to)")
     t = config.train
     data = data if data is not None else prepare_data(config.data)
     device = resolve_device(t.device)
@@ -101,8 +110,14 @@ def train(config: Config, data: Dataset | None = None,
     n_epochs = math.ceil(total_steps / steps_per_epoch)
     stats = describe_model(config.model, data.num_classes)
     result = TrainResult(model, config, data.classes, stats, device, dtype)
-    step = 0
-    for epoch in range(n_epochs):
+    first_epoch = step = 0
+    if resume:
+        state = read_state(save_state_to)
+        first_epoch, step = restore_state(state, config=config, model=model, optimizers=opts,
+                                          scaler=scaler, average=average, generator=batches.gen)
+        result.history = [EpochReport(**h) for h in state["history"]]
+        result.train_seconds, result.images_seen = state["train_seconds"], state["images_seen"]
+    for epoch in range(first_epoch, n_epochs):
         start = time.perf_counter()
         model.train()
         loss_sum = torch.zeros((), device=device)
@@ -147,6 +162,10 @@ def train(config: Config, data: Dataset | None = None,
             train_seconds=result.train_seconds, images_per_second=seen / seconds if seconds else 0,
             lr=factor)
         result.history.append(report)
+        if save_state_to is not None:
+            save_state(save_state_to, config=config, epoch=epoch + 1, step=step, model=model,
+                       optimizers=opts, scaler=scaler, average=average,
+                       generator=batches.gen, result=result)
         if on_epoch is not None:
             on_epoch(report)
     if average is not None:
