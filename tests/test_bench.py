@@ -50,6 +50,11 @@ def test_search_efficiency_bench_runs_both_arms(tmp_path, small_root):
     assert "passes random's best" in r.stdout
     assert all(x["winner_trial"] is not None and "searched_curve" in x for x in rows)
     assert Path(rows[0]["run"]).exists()
+    again = bench("search_efficiency.py", "--minutes", "0.6", "--repeats", "1", "--space",
+                  str(space), "--data", str(small_root), "--results", str(results), "--out",
+                  str(tmp_path / "runs"))  # both arms measured: nothing is searched again
+    assert again.returncode == 0 and len(results.read_text().splitlines()) == 2
+    assert " complete, " not in again.stdout and "passes random's best" in again.stdout
 
 
 def test_efficiency_credits_tpe_only_for_its_searched_trials(monkeypatch):
@@ -97,3 +102,29 @@ def test_the_efficiency_summary_judges_tpe_by_its_searched_trials(monkeypatch):
              "curve": [[600.0, 0.93], [1500.0, 0.935]], "searched_curve": [[1500.0, 0.935]]}]
     line = eff.summary(rows, 1800.0)[1]
     assert "25.0 min (83%)" in line and "2/0/0, base | 2/0/0, base" in line
+
+
+def test_the_efficiency_goal_is_not_met_while_a_repeat_never_passes(monkeypatch):
+    """A repeat in which TPE never passed random's best is not a pass at the deadline: the
+    mean is then a lower bound and the goal is not met, however early the others passed. A
+    random arm that scored nothing is left out of the mean of the final bests."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import search_efficiency as eff
+
+    def repeat(seed, random_best, tpe_curve):
+        common = {"seed": seed, "complete": 1, "pruned": 0, "failed": 0, "winner_trial": 0,
+                  "winner_is_baseline": True}
+        return [{**common, "arm": "random+none", "best_val_accuracy": random_best,
+                 "curve": [], "searched_curve": []},
+                {**common, "arm": "tpe+asha", "best_val_accuracy": 0.94,
+                 "curve": tpe_curve, "searched_curve": tpe_curve}]
+
+    rows = repeat(0, 0.93, [[180.0, 0.94]]) + repeat(1, 0.95, [[180.0, 0.94]])
+    lines = eff.summary(rows, 1800.0)
+    assert "= 55% of the budget at least (1 of 2 never passed it" in lines[-1]
+    assert lines[-1].endswith("goal (at most half the budget on average, every repeat "
+                              "passing): not met")
+    assert "never" in lines[2]
+    lines = eff.summary(repeat(0, 0.93, [[180.0, 0.94]]) + repeat(1, None, [[180.0, 0.94]]),
+                        1800.0)
+    assert "random best 0.93 ± 0" in lines[-1] and lines[-1].endswith(": met")

@@ -84,8 +84,11 @@ def test_a_final_model_is_shown_only_while_its_trial_is_the_winner(report_run, t
     search's final model."""
     import shutil
 
+    from cifartune.config import all_training_images
     from cifartune.report import _best_checkpoint
     from cifartune.search import verdict
+    from cifartune.search.results import trial_config
+    from cifartune.train.checkpoint import WEIGHTS
 
     run = tmp_path / "run"
     shutil.copytree(report_run, run)
@@ -103,7 +106,14 @@ def test_a_final_model_is_shown_only_while_its_trial_is_the_winner(report_run, t
     path, source = _best_checkpoint(defn, data)
     assert path == run / "trials" / f"{winner:04d}" / "model.safetensors"
     assert "the winner" in source
+    # a final that names the winner's number but was trained from other parameters (a study
+    # re-created in the same folder numbers its trials anew)
     (final / "metrics.json").write_text(json.dumps({"winner_trial": winner}))
+    (final / "config.toml").write_text(
+        all_training_images(trial_config(defn, trials[earlier])).to_toml())
+    assert _best_checkpoint(defn, data)[0] == run / "trials" / f"{winner:04d}" / WEIGHTS
+    (final / "config.toml").write_text(
+        all_training_images(trial_config(defn, trials[winner])).to_toml())
     path, source = _best_checkpoint(defn, data)
     assert path == final / "model.safetensors" and source.startswith("Final model")
 
@@ -122,7 +132,7 @@ def test_single_trial_and_no_completed_trial(tmp_path, small_root, capsys):
     bad.write_text(TINY_SPACE.replace("[fixed]", "[fixed]\noptimizer = 'sgd'\nlr = 1e14\n")
                    .replace("high = 0.6", "high = 1e15").replace("low = 0.02", "low = 1e14"))
     r = search(tmp_path / "none", bad, small_root, "--n-trials", "2")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1 and "no trial completed" in r.stdout, r.stderr  # not a success
     proc = subprocess.run([sys.executable, "-m", "cifartune.cli.main", "report",
                            str(tmp_path / "none")], capture_output=True, text=True)
     assert proc.returncode == 2 and "no completed trial yet" in proc.stderr

@@ -144,3 +144,5 @@ def test_unknown_names():
         make_sampler("annealing", 0)
     with pytest.raises(ConfigError, match="unknown pruner"):
         make_pruner("sometimes", 3)
+    with pytest.raises(ConfigError, match="seed must be 0 or more, got -1"):
+        make_sampler("random", -1)  # numpy would raise inside a worker's first trial

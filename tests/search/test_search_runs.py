@@ -53,6 +53,9 @@ def test_set_holds_a_searched_parameter_fixed(tmp_path, tiny_space, small_root):
                "--set", "label_smoothing=0", "--n-trials", "1")
     assert r.returncode == 2 and "nothing is left to search" in r.stderr
     assert r.stderr.strip().count("\n") == 0
+    r = search(tmp_path / "neg", tiny_space, small_root, "--seed", "-1", "--n-trials", "1")
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+    assert "seed must be 0 or more" in r.stderr and not (tmp_path / "neg").exists()
 
 
 def test_config_files_beat_the_spaces_fixed_values_but_leave_parameters_searched(
@@ -405,9 +408,9 @@ def test_final_trains_the_winner_at_the_target_on_all_images(tmp_path, small_roo
     assert final["train_images_seen"] == 2 * 1400  # all training images, no split held out
     config = resolve_config(files=[run / "final" / "config.toml"])
     assert config.data.val_size == 0 and config.data.train_limit == 0
-    winner = final["winner_trial"]
-    assert final_checkpoint(run, winner) is not None
-    won = study.trials[winner].params  # the baseline's are the base's values
+    winner = study.trials[final["winner_trial"]]
+    assert final_checkpoint(load_search(run), winner) is not None
+    won = winner.params  # the baseline's are the base's values
     assert (config.optim.lr, config.train.label_smoothing) == pytest.approx(
         (won["lr"], won["label_smoothing"]))
 
@@ -418,7 +421,7 @@ def test_final_trains_the_winner_at_the_target_on_all_images(tmp_path, small_roo
     with pytest.raises(RuntimeError):
         train_final(defn, plan_final(defn))
     # the half-written final no longer claims to be the winner's model
-    assert final_checkpoint(run, winner) is None
+    assert final_checkpoint(defn, winner) is None
 
 
 def test_a_rung_as_costly_as_the_target_is_dropped_and_said(tmp_path, small_root):

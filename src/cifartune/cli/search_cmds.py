@@ -14,16 +14,13 @@ from cifartune.cli.commands import (
     default_out,
     load_data,
     print_evaluation,
-    resolve_args,
 )
-from cifartune.config import all_training_images, apply, config_file_values, parse_overrides
+from cifartune.config import all_training_images, apply, parse_overrides
 from cifartune.errors import CifartuneError
 
 if TYPE_CHECKING:  # the search stack (Optuna) loads only when a search command runs
-    from cifartune.config import Config
-    from cifartune.search import SearchSettings, SearchSpace, Snapshot
+    from cifartune.search import SearchSettings, Snapshot
 
-DEFAULT_VAL_SIZE = 5000  # training images held out to score trials (never the test set)
 
 
 def add_search_parser(sub) -> None:
@@ -119,60 +116,35 @@ def add_search_parser(sub) -> None:
 
 def _settings(args: argparse.Namespace, out: Path) -> SearchSettings:
     from cifartune.search import SearchSettings
+    from cifartune.search.prepare import check_settings
 
-    if args.workers < 1:
-        raise CifartuneError("--workers must be at least 1")
-    if min(args.n_trials, args.timeout, args.epoch_budget, args.keep_top) < 0:
-        raise CifartuneError("--n-trials, --timeout, --epoch-budget and --keep-top must be >= 0")
-    return SearchSettings(study=args.study or out.resolve().name, storage=args.storage,
-                          sampler=args.sampler, pruner=args.pruner, seed=args.seed,
-                          n_trials=args.n_trials, timeout=args.timeout,
-                          epoch_budget=args.epoch_budget, keep_top=args.keep_top,
-                          workers=args.workers)
+    settings = SearchSettings(study=args.study or out.resolve().name, storage=args.storage,
+                              sampler=args.sampler, pruner=args.pruner, seed=args.seed,
+                              n_trials=args.n_trials, timeout=args.timeout,
+                              epoch_budget=args.epoch_budget, keep_top=args.keep_top,
+                              workers=args.workers)
+    check_settings(settings)
+    return settings
 
 
 def cmd_search(args: argparse.Namespace) -> int:
     from cifartune.cli._search_view import SearchView
-    from cifartune.search import load_space, run_search
+    from cifartune.search import run_search
+    from cifartune.search.prepare import describe_search, fit_space, resolve_search
     from cifartune.search.samplers import make_sampler
 
-    # --config files win over the space's [fixed] values; --set wins over the whole space: a
-    # searched parameter it names is held fixed, not searched. Each file is read once.
-    files = [config_file_values(f) for f in args.config or []]
-    merged = {k: v for f in files for k, v in f.items()}
-    if merged.get("data.val_size") == 0:  # a `cifartune best` file: trains on all images
-        del merged["data.val_size"]  # (a search keeps its validation split, as below)
-    space = load_space(args.space).under(merged).fix(parse_overrides(args.overrides))
-    args.preset = args.preset or space.preset or None  # the space's own base recipe
-    base = resolve_args(args, files)
-    if not space.params:
-        raise CifartuneError(f"--set fixes every parameter of space '{space.name}': nothing is "
-                             "left to search; use 'cifartune train' for one configuration")
-    if base.data.val_size == 0:
-        base = apply(base, {"data.val_size": DEFAULT_VAL_SIZE})
+    space, base = resolve_search(args.space, args.preset, args.config,
+                                 parse_overrides(args.overrides), args.data)
     out = Path(args.out) if args.out else default_out("search")
     settings = _settings(args, out)
     make_sampler(settings.sampler, settings.seed)  # fail fast on a missing optional package
-    trial_config = space.trial_config(base, {})
-    if trial_config.data.val_size == 0:
-        raise CifartuneError("--set or the space's [fixed] sets data.val_size = 0: trials need "
-                             "held-out training images to be scored on; set it above 0")
     # Bad data fails here, once, and a download happens once, not in every worker.
-    data = load_data(trial_config)
+    data = load_data(space.trial_config(base, {}))
     if not settings.has_limit():
         ui.err.print("no --n-trials, --timeout or --epoch-budget: searching until Ctrl-C")
-    space, widened = space.including_base(base)
-    if settings.pruner != "none":  # without a pruner, rungs are not run anyway
-        space, dropped = space.cheaper_rungs(base, len(data.train))
-        for rung in dropped:
-            ui.err.print("note: the space's rung " + _rung_text(rung) + " would train as much "
-                         "as the target (the base's train_limit or epochs are at or below "
-                         "its own), so it is dropped")
-    for line in describe_search(space, base, settings, out, len(data.train)):
+    space, notes = fit_space(space, base, settings.pruner, len(data.train))
+    for line in describe_search(space, base, settings, out, len(data.train)) + notes:
         ui.err.print(line)
-    if widened:
-        ui.err.print(f"note: the base configuration's {', '.join(widened)} lay outside the "
-                     "space; widened to hold it, so trial 0 (the baseline) is in the space")
     try:
         with SearchView(space) as view:
             snap = run_search(out, space, base, settings, on_poll=view,
@@ -182,7 +154,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                  f"(the run folder is {out})")
         return 130
     print_summary(out, snap)
-    code = 0
+    code = 0 if snap.counts.complete else 1  # a search that scored nothing did not succeed
     if args.final and snap.counts.complete:
         try:
             final_run(out)
@@ -192,33 +164,6 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.report and snap.counts.complete:
         cmd_report(argparse.Namespace(run=str(out), no_model=False))
     return code
-
-
-def describe_search(space: SearchSpace, base: Config, settings: SearchSettings, out: Path,
-                    target_images: int) -> list[str]:
-    """What the search will do: sampler and pruner, parameters, rungs and the target."""
-    rungs = space.rungs if settings.pruner != "none" else []
-    on = "" if settings.pruner == "none" else " (on each rung's validation accuracy)" \
-        if rungs else f" (on each epoch's {space.prune_on})"
-    lines = [f"search: space {space.name} ({len(space.params)} parameters), sampler "
-             f"{settings.sampler}, pruner {settings.pruner}{on}, {settings.workers} worker(s); "
-             f"run folder {out}; study '{settings.study}' in "
-             f"{settings.storage or out / 'study.journal'}"]
-    lines += [f"  {p.describe()}" for p in space.params]
-    target = space.trial_config(base, {})
-    for k, (rung, cost) in enumerate(zip(rungs, space.rung_costs(base, target_images),
-                                               strict=False)):  # no rungs: pruner none
-        lines.append(f"  rung {k + 1}: {_rung_text(rung)}"
-                     + (f" ({cost:.0%} of the target's training)" if cost is not None else ""))
-    lines.append(f"  target: {target.train.epochs:g} epochs on {target_images} training "
-                 f"images (all but the {target.data.val_size} held out"
-                 + (f", train_limit {target.data.train_limit})" if target.data.train_limit
-                    else ")"))
-    return lines
-
-
-def _rung_text(rung: dict) -> str:
-    return ", ".join(f"{key}={v}" for key, v in rung.items())
 
 
 def print_summary(out: Path, snap: Snapshot) -> None:

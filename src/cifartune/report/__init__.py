@@ -33,7 +33,7 @@ def _best_checkpoint(defn: SearchDefinition, data: ReportData) -> tuple[Path, st
     if data.verdict is None:
         return None
     winner = data.verdict.winner.number
-    final = final_checkpoint(defn.run_dir, winner)
+    final = final_checkpoint(defn, data.verdict.winner)
     if final is not None:
         return final, (f"Final model: the winner's configuration (trial {winner}) trained on "
                        "all training images (cifartune search --final), evaluated on the "

@@ -10,10 +10,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cifartune.config import Config
+from optuna.trial import FrozenTrial
+
+from cifartune.config import Config, all_training_images, resolve_config
 from cifartune.data import Dataset, prepare_data
 from cifartune.errors import CifartuneError
-from cifartune.search.results import best_config
+from cifartune.search.results import best_config, trial_config
 from cifartune.search.study import SearchDefinition, load_run_study
 from cifartune.search.trial import is_baseline
 from cifartune.search.winner import Verdict
@@ -74,13 +76,17 @@ def train_final(defn: SearchDefinition, plan: FinalPlan, data: Dataset | None = 
     return FinalRun(folder, result, test, metrics)
 
 
-def final_checkpoint(run_dir: Path, winner: int) -> Path | None:
-    """RUN/final's checkpoint if it was trained from trial `winner`'s configuration."""
-    folder = run_dir / FINAL
+def final_checkpoint(defn: SearchDefinition, winner: FrozenTrial) -> Path | None:
+    """RUN/final's checkpoint if it was trained from `winner`: its metrics name the trial and
+    its config is the winner's (a study re-created in the same folder numbers trials anew)."""
+    folder = defn.run_dir / FINAL
     try:
         metrics = json.loads((folder / "metrics.json").read_text())
-    except (OSError, ValueError):
+        config = resolve_config(files=[folder / "config.toml"])
+    except (OSError, ValueError, CifartuneError):
         return None
     # "best_trial" alone: a final written before the winner was recorded by name
-    trial = metrics.get("winner_trial", metrics.get("best_trial"))
-    return folder / WEIGHTS if trial == winner and (folder / WEIGHTS).exists() else None
+    if metrics.get("winner_trial", metrics.get("best_trial")) != winner.number or \
+            config != all_training_images(trial_config(defn, winner)):
+        return None
+    return folder / WEIGHTS if (folder / WEIGHTS).exists() else None

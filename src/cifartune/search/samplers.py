@@ -102,6 +102,8 @@ def make_sampler(name: str, seed: int | None = None) -> optuna.samplers.BaseSamp
     """Sampler `name`, seeded per trial from `seed` (None: from the OS's entropy)."""
     if name not in SAMPLERS:
         raise ConfigError(f"unknown sampler '{name}'; choose one of {', '.join(SAMPLERS)}")
+    if seed is not None and seed < 0:  # numpy's SeedSequence takes non-negative integers
+        raise ConfigError(f"the sampler seed must be 0 or more, got {seed}")
     return PerTrialSeed(SAMPLERS[name], seed)
 
 
