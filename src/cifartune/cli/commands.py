@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from cifartune.cli import _progress as ui
-from cifartune.config import ALL_TRAINING_IMAGES, Config, apply, describe_keys, resolve_config
+from cifartune.config import Config, apply, describe_keys, resolve_config
 from cifartune.data import Dataset, prepare_data
 from cifartune.errors import CifartuneError
 
@@ -57,36 +57,31 @@ def print_evaluation(ev, title: str) -> None:
 
 def run_to_train(args: argparse.Namespace) -> tuple[Path, Config]:
     """The run folder and config of `train`: a new run, or with --resume an interrupted one."""
-    from cifartune.train import TRAIN_STATE, saved_epochs
+    from cifartune.train.run import interrupted, refuse_interrupted, resume_config
 
-    if args.resume:
-        given = [flag for flag, value in (("--preset", args.preset), ("--config", args.config),
-                                          ("--set", args.overrides), ("--data", args.data),
-                                          ("--out", args.out)) if value]
-        if given:
-            raise CifartuneError(f"--resume continues a run with its own config.toml and "
-                                 f"folder; drop {', '.join(given)}")
-        out = Path(args.resume)
-        done, total = saved_epochs(out / TRAIN_STATE)
-        ui.err.print(f"resuming {out} after epoch {done} of {total}")
-        return out, resolve_config(files=[out / "config.toml"])
-    out = Path(args.out) if args.out else default_out("train")
-    if (out / TRAIN_STATE).exists():
-        raise CifartuneError(f"{out} holds an interrupted run; continue it with 'cifartune "
-                             f"train --resume {out}', or choose another --out")
-    return out, resolve_args(args)
+    if not args.resume:
+        out = Path(args.out) if args.out else default_out("train")
+        refuse_interrupted(out)  # before the data loads: one line, at once
+        return out, resolve_args(args)
+    given = [flag for flag, value in (("--preset", args.preset), ("--config", args.config),
+                                      ("--set", args.overrides), ("--data", args.data),
+                                      ("--out", args.out)) if value]
+    if given:
+        raise CifartuneError(f"--resume continues a run with its own config.toml and folder; "
+                             f"drop {', '.join(given)}")
+    out = Path(args.resume)
+    config = resume_config(out)
+    ui.err.print("resuming {} after epoch {} of {}".format(out, *interrupted(out)))
+    return out, config
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from cifartune.models import describe_model
-    from cifartune.train import TRAIN_STATE, train
-    from cifartune.train.run import evaluate_model, start_run, write_run
+    from cifartune.train.run import interrupted, train_run
 
     started = time.perf_counter()
     out, config = run_to_train(args)
     data = load_data(config)  # before the run folder: bad data leaves nothing behind
-    if not args.resume:
-        start_run(out, config)
     ui.err.print(f"run folder: {out}  (resolved config in {out / 'config.toml'})")
     stats = describe_model(config.model, data.num_classes)
     ui.err.print(f"model: {config.model.arch}, {stats.describe()}")
@@ -96,25 +91,23 @@ def cmd_train(args: argparse.Namespace) -> int:
                      "test images: watch "
                      "the run with it, never choose settings or epochs by it (hold out a "
                      "validation split with --set val_size=5000, or use 'cifartune search')")
-    state = out / TRAIN_STATE
     with ui.epoch_progress(config.train.epochs) as bar:
+        def on_epoch(r) -> None:
+            bar(r)
+            if r.epoch == r.epochs:
+                ui.err.print(f"evaluating the test set (tta={config.train.tta})...")
         try:
-            result = train(config, data, on_epoch=bar, save_state_to=state, resume=args.resume)
+            run = train_run(config, out, data, on_epoch=on_epoch, resume=args.resume)
         except KeyboardInterrupt:
-            if state.exists():
+            if interrupted(out):
                 ui.err.print("stopped; continue from the last completed epoch with: cifartune "
                              f"train --resume {out}")
             raise
-    ui.err.print(f"evaluating the test set (tta={config.train.tta})...")
-    test, _ = evaluate_model(result.model, data.test, data.classes, config, result.device)
-    val = None
-    if data.val is not None:
-        val, _ = evaluate_model(result.model, data.val, data.classes, config, result.device)
-    metrics = write_run(out, result, test, val)
-    state.unlink(missing_ok=True)  # the run is whole: nothing left to resume
+    test, metrics, result = run.test, run.metrics, run.result
     print_evaluation(test, f"test set ({data.source}), tta={config.train.tta}")
-    if val is not None:
-        ui.out.print(f"validation accuracy: {ui.pct(val.accuracy)} on {val.n} held-out images")
+    if run.val is not None:
+        ui.out.print(f"validation accuracy: {ui.pct(run.val.accuracy)} on {run.val.n} "
+                     "held-out images")
     total = time.perf_counter() - started
     ui.out.print(
         f"training: {ui.duration(result.train_seconds)} ({result.train_seconds:.1f} s), "
@@ -126,35 +119,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from cifartune.train import resolve_device
-    from cifartune.train.checkpoint import load_checkpoint
-    from cifartune.train.run import evaluate_model, write_metrics
+    from cifartune.train.run import evaluate_checkpoint
 
-    device = resolve_device("auto")
-    ckpt = load_checkpoint(args.checkpoint, device)
-    config = ckpt.config
-    overrides: dict = dict(ALL_TRAINING_IMAGES)
-    if args.data:
-        overrides["data.path"] = str(Path(args.data).expanduser().resolve())
-    if args.tta is not None:
-        overrides["train.tta"] = args.tta
-    config = apply(config, overrides)
-    data = load_data(config)
-    if data.classes != ckpt.classes:
-        raise CifartuneError(f"the dataset's classes {data.classes} differ from the model's "
-                             f"{ckpt.classes}; pass the dataset it was trained on with --data")
-    ev, _ = evaluate_model(ckpt.model, data.test, data.classes, config, device)
-    print_evaluation(ev, f"{ckpt.path} on the test set ({data.source}), tta={config.train.tta}")
-    out = Path(args.out) if args.out else ckpt.path.parent / "evaluate"
-    out.mkdir(parents=True, exist_ok=True)
-    metrics = {"checkpoint": str(ckpt.path), "test_accuracy": ev.accuracy,
-               "test_accuracy_lossless": ev.accuracy_lossless,
-               "test_accuracy_lossy": ev.accuracy_lossy, "n_test": ev.n,
-               "n_test_lossless": ev.n_lossless, "tta": config.train.tta,
-               "classes": ev.classes, "per_class": ev.per_class, "macro_avg": ev.macro_avg,
-               "weighted_avg": ev.weighted_avg, "confusion_matrix": ev.confusion}
-    write_metrics(out, metrics, ev)
-    ui.out.print(f"wrote {out}/metrics.json, confusion.csv")
+    e = evaluate_checkpoint(args.checkpoint, args.data, args.tta, args.out, load=load_data)
+    print_evaluation(e.evaluation, f"{e.checkpoint} on the test set ({e.source}), tta={e.tta}")
+    ui.out.print(f"wrote {e.folder}/metrics.json, confusion.csv")
     return 0
 
 
