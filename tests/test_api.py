@@ -36,6 +36,10 @@ def test_bad_input_raises_the_cli_errors_not_system_exit(tmp_path):
         cifartune.tune("fast", n_trial=3)
     with pytest.raises(cifartune.CifartuneError, match="neither a built-in space"):
         cifartune.tune("no-such-space", n_trials=1)
+    # its own configs come back in: a Config, nested or flat dicts
+    three = cifartune.make_config(overrides={"epochs": 3, "optim.lr": 0.1})
+    assert cifartune.make_config(config=three) == three
+    assert cifartune.make_config(config=[{"train": {"epochs": 3}}, {"lr": 0.1}]) == three
     with pytest.raises(cifartune.CifartuneError, match="give `out`"):
         cifartune.train_model(resume=True)
     with pytest.raises(cifartune.CifartuneError, match="train_state.pt does not exist"):
@@ -61,7 +65,7 @@ def test_train_model_is_cifartune_train(small_root, tmp_path, capsys):
 
 
 def test_the_example_notebook_runs_and_shows_a_table_and_a_figure(small_root, tmp_path):
-    nbformat = pytest.importorskip("nbformat")
+    import nbformat  # the test extra installs them: never skipped
     from nbclient import NotebookClient
 
     nb = nbformat.read(REPO / "examples" / "notebook.ipynb", as_version=4)

@@ -147,8 +147,15 @@ def test_interrupted_training_resumes_from_its_last_completed_epoch(cifar_root, 
     assert r.returncode == 0, r.stderr
     done = int(r.stderr.split("after epoch ")[1].split()[0])
     assert 1 <= done < 6
-    history = json.loads((out / "metrics.json").read_text())["history"]
-    assert [h["epoch"] for h in history] == list(range(1, 7))
+    resumed = json.loads((out / "metrics.json").read_text())
+    assert [h["epoch"] for h in resumed["history"]] == list(range(1, 7))
+    # the same run never stopped: the same curve and test accuracy
+    whole = tmp_path / "whole"
+    assert cli("train", "--config", str(out / "config.toml"), "--out", str(whole)).returncode == 0
+    never = json.loads((whole / "metrics.json").read_text())
+    assert [h["train_loss"] for h in resumed["history"]] == \
+        [h["train_loss"] for h in never["history"]]
+    assert resumed["test_accuracy"] == never["test_accuracy"]
     assert sorted(p.name for p in out.iterdir()) == ["config.toml", "confusion.csv",
                                                      "metrics.json", "model.safetensors"]
     _bad(["train", "--resume", str(out)], "train_state.pt does not exist")

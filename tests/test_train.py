@@ -213,6 +213,11 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tiny_config
     assert [(h.epoch, h.steps, h.train_loss, h.eval_accuracy) for h in resumed.history] == \
         [(h.epoch, h.steps, h.train_loss, h.eval_accuracy) for h in whole.history]
     assert resumed.images_seen == whole.images_seen
+    # stopped after its last epoch (a crash while it was evaluated): nothing left to train
+    with pytest.raises(_Stop):
+        train(cfg, small, on_epoch=_stop_after(whole.history[-1].epoch), save_state_to=state)
+    done = train(cfg, small, save_state_to=state, resume=True).model.state_dict()
+    assert all(torch.equal(a[k], done[k]) for k in a)
 
 
 def test_resuming_with_another_config_or_without_a_state_is_refused(tiny_config, small,
@@ -223,6 +228,13 @@ def test_resuming_with_another_config_or_without_a_state_is_refused(tiny_config,
     train(tiny_config, small, save_state_to=state)
     with pytest.raises(CheckpointError, match=r"another config \(optim.lr differ\)"):
         train(apply(tiny_config, {"lr": 0.1}), small, save_state_to=state, resume=True)
+    # the data may have moved (another machine); the kind of device and precision may not
+    moved = apply(tiny_config, {"data.path": str(tmp_path)})
+    train(moved, small, save_state_to=state, resume=True)
+    saved = torch.load(state, weights_only=True)
+    torch.save({**saved, "where": "cuda, bfloat16"}, state)
+    with pytest.raises(CheckpointError, match="trained on cuda, bfloat16 and would resume on cpu"):
+        train(tiny_config, small, save_state_to=state, resume=True)
     state.write_bytes(b"not a state")
     with pytest.raises(CheckpointError, match="not a readable training state"):
         train(tiny_config, small, save_state_to=state, resume=True)

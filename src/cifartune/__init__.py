@@ -32,4 +32,4 @@ def __getattr__(name: str) -> Any:  # PEP 562: load the API on first use
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_API, *_ERRORS])
+    return sorted(__all__)

@@ -22,7 +22,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cifartune.config import Config, apply, resolve_config
+from cifartune.config import Config, apply, flatten, resolve_config
 from cifartune.errors import CifartuneError, ConfigError
 
 if TYPE_CHECKING:  # torch and Optuna load when a function needs them, not on import
@@ -36,13 +36,14 @@ if TYPE_CHECKING:  # torch and Optuna load when a function needs them, not on im
 ConfigFiles = str | Path | Mapping[str, Any] | Sequence[str | Path | Mapping[str, Any]]
 
 
-def _files(config: ConfigFiles | None) -> list:
-    """One file (a path or a dict of values) or several, as a list."""
+def _files(config: ConfigFiles | Config | None) -> list:
+    """One file (a TOML path, a dict of values with flat or nested keys, or a `Config`) or
+    several, as a list of paths and flat dicts."""
     if config is None:
         return []
-    if isinstance(config, str | Path | Mapping):
-        return [config]
-    return list(config)
+    items = [config] if isinstance(config, str | Path | Mapping | Config) else list(config)
+    return [flatten(c.to_dict()) if isinstance(c, Config) else
+            flatten(dict(c)) if isinstance(c, Mapping) else c for c in items]
 
 
 def make_config(preset: str | None = None, config: ConfigFiles | None = None,
@@ -78,10 +79,13 @@ def train_model(preset: str | None = None, config: ConfigFiles | None = None,
     from cifartune.train.run import resume_config, train_run
 
     if resume:
-        if out is None or any(v for v in (preset, config, overrides, data)):
+        if out is None or any(v for v in (preset, config, overrides)):
             raise CifartuneError("resume=True continues the run in `out` with its own config: "
-                                 "give `out` and no preset, config, overrides or data")
+                                 "give `out` (and `data` if it moved), no preset, config or "
+                                 "overrides")
         cfg = resume_config(Path(out))
+        if data:
+            cfg = apply(cfg, {"data.path": str(Path(data).expanduser().resolve())})
     else:
         cfg = make_config(preset, config, overrides, data)
     folder = Path(out) if out is not None else _default_out("train")
@@ -91,12 +95,15 @@ def train_model(preset: str | None = None, config: ConfigFiles | None = None,
 def tune(space: str | Path = "fast", *, preset: str | None = None,
          config: ConfigFiles | None = None, overrides: Mapping[str, Any] | None = None,
          data: str | Path | None = None, out: str | Path | None = None, final: bool = False,
-         report: bool = False, progress: bool = True, **settings: Any) -> optuna.Study:
+         report: bool = False, retry_oom: bool = False, progress: bool = True,
+         **settings: Any) -> optuna.Study:
     """Search hyperparameters, like `cifartune search`; returns the Optuna study (trial 0 is
     the baseline). `settings`: sampler, pruner, seed, n_trials, timeout, epoch_budget,
     keep_top, workers, study, storage, as the command's options. `final` trains the winner
-    at the target into OUT/final; `report` writes OUT/report/index.html. Rerunning with the
-    same `out` resumes the search."""
+    at the target into OUT/final; `report` writes OUT/report/index.html (also when the final
+    training cannot run, whose error is raised after it); `retry_oom` first queues again
+    the trials that ran out of memory. Calling it again with the same `out` (and the same
+    space and base) resumes the search."""
     from cifartune.data import prepare_data
     from cifartune.search import SearchSettings, load_run_study, load_search, run_search
     from cifartune.search.prepare import (
@@ -135,15 +142,24 @@ def tune(space: str | Path = "fast", *, preset: str | None = None,
         for event in snap.events:
             say(event, flush=True)
 
-    snap = run_search(folder, sp, base, s, on_poll=on_poll)
+    snap = run_search(folder, sp, base, s, on_poll=on_poll, retry_oom=retry_oom)
     say(f"search finished: {snap.counts.complete} complete, {snap.counts.pruned} pruned, "
         f"{snap.counts.failed} failed trials")
-    defn = load_search(folder)
-    if final and snap.counts.complete:
-        train_final_model(folder, progress=progress)
-    if report and snap.counts.complete:
+    study = load_run_study(load_search(folder))
+    if not snap.counts.complete:
+        say(f"no trial completed; see the trials' fail_reason and {folder / 'workers'}")
+        return study
+    failed = None
+    if final:
+        try:
+            train_final_model(folder, progress=progress)
+        except CifartuneError as e:  # e.g. the baseline is not scored yet: report anyway
+            failed = e
+    if report:
         write_report(folder)
-    return load_run_study(defn)
+    if failed is not None:
+        raise failed
+    return study
 
 
 def train_final_model(run: str | Path, progress: bool = True) -> Run:
@@ -191,7 +207,7 @@ def evaluate(checkpoint: str | Path, data: str | Path | None = None,
     return evaluate_checkpoint(checkpoint, data, tta).evaluation
 
 
-def predict(checkpoint: str | Path, images: Sequence[str | Path] | np.ndarray,
+def predict(checkpoint: str | Path, images: str | Path | Sequence[str | Path] | np.ndarray,
             top: int = 3) -> list[list[tuple[str, float]]]:
     """The top classes with probabilities of each image: files of any size or format Pillow
     reads, or a uint8 array of shape (N, 32, 32, 3), like `cifartune predict`."""
@@ -206,4 +222,5 @@ def predict(checkpoint: str | Path, images: Sequence[str | Path] | np.ndarray,
             raise CifartuneError(f"images must be uint8 of shape (N, 32, 32, 3), got "
                                  f"{images.dtype} {images.shape}")
         return predict_images(ckpt, images, top)
-    return [ranked for _, ranked in predict_files(ckpt, [Path(p) for p in images], top)]
+    files = [images] if isinstance(images, str | Path) else images
+    return [ranked for _, ranked in predict_files(ckpt, [Path(p) for p in files], top)]

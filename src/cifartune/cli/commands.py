@@ -64,13 +64,14 @@ def run_to_train(args: argparse.Namespace) -> tuple[Path, Config]:
         refuse_interrupted(out)  # before the data loads: one line, at once
         return out, resolve_args(args)
     given = [flag for flag, value in (("--preset", args.preset), ("--config", args.config),
-                                      ("--set", args.overrides), ("--data", args.data),
-                                      ("--out", args.out)) if value]
+                                      ("--set", args.overrides), ("--out", args.out)) if value]
     if given:
-        raise CifartuneError(f"--resume continues a run with its own config.toml and folder; "
-                             f"drop {', '.join(given)}")
+        raise CifartuneError(f"--resume continues a run with its own config.toml and folder "
+                             f"(--data may say where the data is now); drop {', '.join(given)}")
     out = Path(args.resume)
     config = resume_config(out)
+    if args.data:  # the run moved to another machine
+        config = apply(config, {"data.path": str(Path(args.data).expanduser().resolve())})
     ui.err.print("resuming {} after epoch {} of {}".format(out, *interrupted(out)))
     return out, config
 

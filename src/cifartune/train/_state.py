@@ -21,12 +21,18 @@ from cifartune.errors import CheckpointError
 TRAIN_STATE = "train_state.pt"  # in the run folder while training; removed once it is written
 
 
-def save_state(path: Path, *, config: Config, epoch: int, step: int, model: torch.nn.Module,
-               optimizers: list, scaler, average, generator: torch.Generator,
-               result) -> None:
+def where(device: torch.device, dtype: torch.dtype | None) -> str:
+    """The kind of device and the precision a run trains with: `auto` settings resolve
+    differently on other machines, and a resumed run must train as it started."""
+    return f"{device.type}, {str(dtype).removeprefix('torch.') if dtype else 'fp32'}"
+
+
+def save_state(path: Path, *, config: Config, where: str, epoch: int, step: int,
+               model: torch.nn.Module, optimizers: list, scaler, average,
+               generator: torch.Generator, result) -> None:
     """After completed epoch number `epoch` (1-based) and optimizer step `step`."""
     state = {
-        "config": config.to_dict(), "epoch": epoch, "step": step,
+        "config": config.to_dict(), "where": where, "epoch": epoch, "step": step,
         "model": model.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
         "scaler": scaler.state_dict(),
         "average": average.state_dict() if average is not None else None,
@@ -56,23 +62,33 @@ def saved_epochs(path: Path) -> tuple[int, int]:
     return state["epoch"], state["history"][-1]["epochs"]
 
 
-def restore_state(state: dict, *, config: Config, model: torch.nn.Module, optimizers: list,
-                  scaler, average, generator: torch.Generator) -> tuple[int, int]:
+def restore_state(state: dict, *, config: Config, where: str, model: torch.nn.Module,
+                  optimizers: list, scaler, average,
+                  generator: torch.Generator) -> tuple[int, int]:
     """Load `state` into the freshly built objects; returns (completed epochs, steps). The
-    caller restores its curve from `state["history"]`, `train_seconds` and `images_seen`."""
+    caller restores its curve from `state["history"]`, `train_seconds` and `images_seen`.
+    Where the data lives (`data.path`) may differ: a run may move to another machine."""
     saved, now = flatten(state["config"]), flatten(config.to_dict())
-    changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+    changed = sorted(k for k in saved.keys() | now.keys()
+                     if saved.get(k) != now.get(k) and k != "data.path")
     if changed:
         raise CheckpointError(f"the saved training state is of another config ({', '.join(changed)}"
                               " differ); resume a run with the config it started with")
+    if state.get("where", where) != where:
+        raise CheckpointError(f"the run trained on {state['where']} and would resume on {where}: "
+                              "resume it on the same kind of device with the same precision")
     model.load_state_dict(state["model"])
     for opt, s in zip(optimizers, state["optimizers"], strict=True):
         opt.load_state_dict(s)
     scaler.load_state_dict(state["scaler"])
     if average is not None:
         average.load_state_dict(state["average"])
-    generator.set_state(state["generator"])
-    torch.set_rng_state(state["torch_rng"])
-    if state["cuda_rng"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    try:
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+    except RuntimeError as e:  # e.g. a state from another kind of generator
+        raise CheckpointError(f"the saved random generators do not fit this machine ({e})") \
+            from None
     return state["epoch"], state["step"]

@@ -31,7 +31,7 @@ from cifartune.train._device import (
     resolve_dtype,
     synchronize,
 )
-from cifartune.train._state import read_state, restore_state, save_state
+from cifartune.train._state import read_state, restore_state, save_state, where
 from cifartune.train.evaluate import autocast, predict_logits
 from cifartune.train.optim import build_optimizers, l2_penalty, lr_factor, set_lr
 
@@ -113,8 +113,9 @@ def train(config: Config, data: Dataset | None = None,
     first_epoch = step = 0
     if resume:
         state = read_state(save_state_to)
-        first_epoch, step = restore_state(state, config=config, model=model, optimizers=opts,
-                                          scaler=scaler, average=average, generator=batches.gen)
+        first_epoch, step = restore_state(state, config=config, where=where(device, dtype),
+                                          model=model, optimizers=opts, scaler=scaler,
+                                          average=average, generator=batches.gen)
         result.history = [EpochReport(**h) for h in state["history"]]
         result.train_seconds, result.images_seen = state["train_seconds"], state["images_seen"]
     for epoch in range(first_epoch, n_epochs):
@@ -163,9 +164,9 @@ def train(config: Config, data: Dataset | None = None,
             lr=factor)
         result.history.append(report)
         if save_state_to is not None:
-            save_state(save_state_to, config=config, epoch=epoch + 1, step=step, model=model,
-                       optimizers=opts, scaler=scaler, average=average,
-                       generator=batches.gen, result=result)
+            save_state(save_state_to, config=config, where=where(device, dtype),
+                       epoch=epoch + 1, step=step, model=model, optimizers=opts,
+                       scaler=scaler, average=average, generator=batches.gen, result=result)
         if on_epoch is not None:
             on_epoch(report)
     if average is not None:

@@ -232,7 +232,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_path: str | Path | None = N
     data = load(config) if load else prepare_data(config.data)
     if data.classes != ckpt.classes:
         raise CifartuneError(f"the dataset's classes {data.classes} differ from the model's "
-                             f"{ckpt.classes}; pass the dataset it was trained on")
+                             f"{ckpt.classes}; pass the dataset it was trained on (--data)")
     ev, _ = evaluate_model(ckpt.model, data.test, data.classes, config, device)
     folder = Path(out) if out else ckpt.path.parent / "evaluate"
     write_metrics(folder, {"checkpoint": str(ckpt.path), **test_metrics(ev),
