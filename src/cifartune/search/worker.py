@@ -157,8 +157,12 @@ def next_trial(study: optuna.Study, defn: SearchDefinition,
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not _budget.may_start(study, defn.settings, deadline):
             return None
-        trial = study.ask()
-        trial.set_user_attr(ATTR_WORKER, worker_id())
+        # A Ctrl-C between `ask` and the tag would leave a RUNNING trial nobody can tell is
+        # dead (no worker named on it): held until the trial names its worker, whose exit
+        # the runner then sees (its recovery fails the trial and queues it again).
+        with signals_deferred():
+            trial = study.ask()
+            trial.set_user_attr(ATTR_WORKER, worker_id())
         return trial
 
 
