@@ -16,7 +16,6 @@ which a notebook shows as it comes, where a live progress bar would garble.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -58,10 +57,6 @@ def make_config(preset: str | None = None, config: ConfigFiles | None = None,
     return cfg
 
 
-def _default_out(kind: str) -> Path:
-    return Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
 def _epoch_line(r: EpochReport) -> None:
     ev = f"  {r.eval_split} acc {100 * r.eval_accuracy:.2f}%" if r.eval_split else ""
     print(f"epoch {r.epoch}/{r.epochs}  loss {r.train_loss:.3f}  train acc "
@@ -76,7 +71,7 @@ def train_model(preset: str | None = None, config: ConfigFiles | None = None,
     """Train and evaluate on the test set, like `cifartune train`; returns the `Run` (its
     `model`, `test` and `val` evaluations, `metrics`, `folder`). `resume=True` continues the
     interrupted run in `out` with its own config (give nothing else)."""
-    from cifartune.train.run import resume_config, train_run
+    from cifartune.train.run import default_run_folder, resume_config, train_run
 
     if resume:
         if out is None or any(v for v in (preset, config, overrides)):
@@ -88,7 +83,7 @@ def train_model(preset: str | None = None, config: ConfigFiles | None = None,
             cfg = apply(cfg, {"data.path": str(Path(data).expanduser().resolve())})
     else:
         cfg = make_config(preset, config, overrides, data)
-    folder = Path(out) if out is not None else _default_out("train")
+    folder = Path(out) if out is not None else default_run_folder("train")
     return train_run(cfg, folder, on_epoch=_epoch_line if progress else None, resume=resume)
 
 
@@ -113,6 +108,7 @@ def tune(space: str | Path = "fast", *, preset: str | None = None,
         resolve_search,
     )
     from cifartune.search.samplers import make_sampler
+    from cifartune.train.run import default_run_folder
 
     known = {f.name for f in fields(SearchSettings)}
     unknown = sorted(set(settings) - known)
@@ -120,7 +116,7 @@ def tune(space: str | Path = "fast", *, preset: str | None = None,
         raise ConfigError(f"unknown search setting(s) {', '.join(unknown)}; expected "
                           f"{', '.join(sorted(known - {'study'}))} or study")
     sp, base = resolve_search(space, preset, _files(config), overrides, data)
-    folder = Path(out) if out is not None else _default_out("search")
+    folder = Path(out) if out is not None else default_run_folder("search")
     s = SearchSettings(**{"study": folder.resolve().name, **settings})
     check_settings(s)
     make_sampler(s.sampler, s.seed)

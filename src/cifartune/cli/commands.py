@@ -35,7 +35,9 @@ def resolve_args(args: argparse.Namespace, files: list[dict] | None = None) -> C
 
 
 def default_out(kind: str) -> Path:
-    return Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    from cifartune.train.run import default_run_folder
+
+    return default_run_folder(kind)
 
 
 def load_data(config: Config) -> Dataset:

@@ -98,3 +98,8 @@ def keep_freed_memory() -> None:
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """How a run's autocast dtype is written in metrics and bench rows (None: plain fp32)."""
+    return str(dtype).removeprefix("torch.") if dtype else "fp32"

@@ -17,6 +17,7 @@ import torch
 from cifartune._io import atomic_write
 from cifartune.config import Config, flatten
 from cifartune.errors import CheckpointError
+from cifartune.train._device import precision_name
 
 TRAIN_STATE = "train_state.pt"  # in the run folder while training; removed once it is written
 
@@ -24,7 +25,7 @@ TRAIN_STATE = "train_state.pt"  # in the run folder while training; removed once
 def where(device: torch.device, dtype: torch.dtype | None) -> str:
     """The kind of device and the precision a run trains with: `auto` settings resolve
     differently on other machines, and a resumed run must train as it started."""
-    return f"{device.type}, {str(dtype).removeprefix('torch.') if dtype else 'fp32'}"
+    return f"{device.type}, {precision_name(dtype)}"
 
 
 def save_state(path: Path, *, config: Config, where: str, epoch: int, step: int,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import resource
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,18 +29,13 @@ from cifartune.config import Config, resolve_config
 from cifartune.data import Dataset, Split, prepare_data
 from cifartune.data.loader import to_device
 from cifartune.errors import CifartuneError
-from cifartune.train._device import resolve_dtype
+from cifartune.train._device import precision_name, resolve_dtype
 from cifartune.train._state import TRAIN_STATE, saved_epochs
 from cifartune.train.checkpoint import WEIGHTS, save_checkpoint
 from cifartune.train.evaluate import Evaluation, predict_logits, summarize
 from cifartune.train.loop import EpochReport, TrainResult, train
 
 TRAIN_FLOPS_FACTOR = 3  # forward + backward (about twice the forward) per training image
-
-
-def precision_name(dtype: torch.dtype | None) -> str:
-    """How a run's autocast dtype is written in metrics and bench rows (None: plain fp32)."""
-    return str(dtype).removeprefix("torch.") if dtype else "fp32"
 
 
 def start_run(out_dir: Path, config: Config) -> None:
@@ -156,6 +152,11 @@ class Run:
                         f"<td style='text-align:left'>{html.escape(v)}</td></tr>"
                         for k, v in self.summary().items())
         return f"<table>{cells}</table>"
+
+
+def default_run_folder(kind: str) -> Path:
+    """runs/KIND-YYYYmmdd-HHMMSS: where a run goes when no folder is named."""
+    return Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def interrupted(out: Path) -> tuple[int, int] | None:
