@@ -54,15 +54,28 @@ def commit() -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here,
                               capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        # the results files themselves change as a bench appends to them: not the code
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ":/", ":(top,exclude)bench/results"],
                                cwd=here, capture_output=True, text=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + ("+dirty" if dirty else "")
 
 
+def boot_id() -> str | None:
+    """This machine session: machines here change between sessions (and so does their
+    speed, 2x on the same CPU name), and a boot never outlives one. Rows to be compared
+    with each other's timings must share it."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
 def machine() -> dict:
     import torch
 
     return {"cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "cpu_bf16": cpu_bf16(), "threads": torch.get_num_threads(), "commit": commit()}
+            "cpu_bf16": cpu_bf16(), "threads": torch.get_num_threads(), "commit": commit(),
+            "boot": boot_id()}

@@ -21,6 +21,8 @@ spread, when one of TPE + ASHA's searched trials reached its random twin's final
 copy of the baseline, which both arms train alike, does not count), and both final bests.
 Goal: TPE + ASHA gets there in at most half the budget on average.
 Each finished arm is appended to the results file at once; rerunning the same command resumes.
+Twins are compared only when measured in one machine session (machines and their speed
+change between sessions): an arm whose twin was measured in another session runs again.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from _results import append, machine, read_jsonl
+from _results import append, boot_id, machine, read_jsonl
 from optuna.trial import FrozenTrial, TrialState
 
 from cifartune.config import Config, parse_overrides
@@ -100,6 +102,29 @@ def key(args: argparse.Namespace, repeat: int, arm: int) -> dict:
     return {"space": args.space, "set": args.set, "minutes": args.minutes,
             "seed": args.seed + repeat, "arm": "+".join(ARMS[arm]),
             "rungs": arm_search(args)[0].rungs, "parallel": args.parallel, "version": 3}
+
+
+def paired(rows: list[dict]) -> dict[str, dict] | None:
+    """Both arms of one repeat, measured in one machine session (the same boot), by arm;
+    None until there is such a pair. Twins from two sessions are never compared: the same
+    CPU name has trained 2x faster in one session than in another. The latest session's
+    pair wins. Rows from before the boot was recorded (no "boot") pair with each other:
+    each of those repeats ran both arms in one session (its closing note says so)."""
+    by_boot: dict[str | None, dict[str, dict]] = {}
+    for r in rows:
+        by_boot.setdefault(r.get("boot"), {})[r["arm"]] = r
+    whole = [arms for arms in by_boot.values() if len(arms) == len(ARMS)]
+    return whole[-1] if whole else None
+
+
+def still_to_run(rows: list[dict]) -> list[int]:
+    """The arms of a repeat to run now: none if a pair is measured, else those not yet
+    measured in this machine session (a twin measured in another session is run again)."""
+    if paired(rows):
+        return []
+    now = boot_id()
+    here = {r["arm"] for r in rows if now is not None and r.get("boot") == now}
+    return [i for i in range(len(ARMS)) if "+".join(ARMS[i]) not in here]
 
 
 class BudgetSpent(Exception):
@@ -179,9 +204,9 @@ def summary(rows: list[dict], budget: float) -> list[str]:
              "tpe+asha)"]
     reach, never, best_r, best_t = [], 0, [], []
     for s in seeds:
-        arms = {r["arm"]: r for r in rows if r["seed"] == s}
-        if len(arms) < len(ARMS):
-            lines.append(f"{s:>4d} (only {', '.join(arms)} measured so far)")
+        arms = paired([r for r in rows if r["seed"] == s])
+        if arms is None:
+            lines.append(f"{s:>4d} (no pair of arms measured in one session yet)")
             continue
         r, t = arms["random+none"], arms["tpe+asha"]
         target = r["best_val_accuracy"]
@@ -217,6 +242,12 @@ def summary(rows: list[dict], budget: float) -> list[str]:
     return lines
 
 
+def machines(rows: list[dict]) -> str:
+    """The CPUs the rows were measured on, with their bf16 flags (pairs never mix sessions)."""
+    cpus = {r.get("cpu", "?") + "".join(f" {f}" for f in r.get("cpu_bf16", [])) for r in rows}
+    return "; ".join(sorted(cpus)) or "nowhere yet"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget per arm")
@@ -240,9 +271,8 @@ def main() -> None:
         return
     for repeat in range(args.repeats):
         want = key(args, repeat, 0)  # once: it loads the space and resolves the base
-        done = {r["arm"] for r in read_jsonl(results)
-                if all(r.get(k) == v for k, v in want.items() if k != "arm")}
-        todo = [i for i in range(len(ARMS)) if "+".join(ARMS[i]) not in done]
+        todo = still_to_run([r for r in read_jsonl(results)
+                             if all(r.get(k) == v for k, v in want.items() if k != "arm")])
         if args.parallel and todo:
             run_repeat_in_parallel(args, repeat, todo)
         for i in [] if args.parallel else todo:
@@ -253,7 +283,7 @@ def main() -> None:
             and args.seed <= r["seed"] < args.seed + args.repeats]
     print(f"\nspace {args.space}{' with ' + ' '.join(args.set) if args.set else ''}, "
           f"{args.minutes:g} min per arm{', arms in parallel' if args.parallel else ''}; "
-          f"times from {machine()['cpu']}")
+          f"times from {machines(rows)}")
     print("\n".join(summary(rows, args.minutes * 60)))
 
 

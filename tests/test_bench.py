@@ -47,6 +47,7 @@ def test_search_efficiency_bench_runs_both_arms(tmp_path, small_root):
     rows = [json.loads(x) for x in results.read_text().splitlines()]
     assert [x["arm"] for x in rows] == ["random+none", "tpe+asha"]
     assert all(x["complete"] >= 1 and x["seed"] == 0 for x in rows)  # the baseline at least
+    assert all(x["boot"] for x in rows)  # twins are paired by machine session
     assert "passes random's best" in r.stdout
     assert all(x["winner_trial"] is not None and "searched_curve" in x for x in rows)
     assert Path(rows[0]["run"]).exists()
@@ -128,3 +129,56 @@ def test_the_efficiency_goal_is_not_met_while_a_repeat_never_passes(monkeypatch)
     lines = eff.summary(repeat(0, 0.93, [[180.0, 0.94]]) + repeat(1, None, [[180.0, 0.94]]),
                         1800.0)
     assert "random best 0.93 ± 0" in lines[-1] and lines[-1].endswith(": met")
+
+
+def test_efficiency_twins_are_compared_only_within_one_machine_session(monkeypatch):
+    """Machines (and their speed, 2x under one CPU name) change between sessions: a repeat
+    whose two arms ran in different sessions is no measurement, and its missing twin is
+    run again in the session at hand, both arms if neither ran in it."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import search_efficiency as eff
+
+    def arm(name, boot, best):
+        return {"seed": 0, "arm": name, "boot": boot, "best_val_accuracy": best,
+                "complete": 1, "pruned": 0, "failed": 0, "winner_trial": 0,
+                "winner_is_baseline": True, "curve": [], "searched_curve": [[60.0, best]]}
+
+    split = [arm("random+none", "a", 0.93), arm("tpe+asha", "b", 0.94)]
+    assert eff.paired(split) is None
+    assert "no pair of arms measured in one session" in eff.summary(split, 1800.0)[1]
+    monkeypatch.setattr(eff, "boot_id", lambda: "b")
+    assert eff.still_to_run(split) == [0]  # tpe ran here: only its random twin
+    monkeypatch.setattr(eff, "boot_id", lambda: "c")
+    assert eff.still_to_run(split) == [0, 1]
+    rows = split + [arm("random+none", "c", 0.935), arm("tpe+asha", "c", 0.95)]
+    assert eff.still_to_run(rows) == []
+    assert eff.paired(rows)["random+none"]["best_val_accuracy"] == 0.935
+    assert "1.0 min (3%)" in eff.summary(rows, 1800.0)[1]
+    legacy = [arm("random+none", None, 0.93), arm("tpe+asha", None, 0.94)]  # no boot kept
+    assert eff.paired(legacy) is not None and eff.still_to_run(legacy) == []
+
+
+def test_efficiency_counts_only_trials_finished_inside_the_budget(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import datetime as dt
+
+    import search_efficiency as eff
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import FrozenTrial, TrialState
+
+    t0 = dt.datetime(2026, 1, 1, 12, 0, 0)
+
+    def trial(n, started, ended, state=TrialState.COMPLETE):
+        return FrozenTrial(number=n, state=state, value=0.9 if ended else None,
+                           datetime_start=t0 + dt.timedelta(seconds=started),
+                           datetime_complete=None if ended is None
+                           else t0 + dt.timedelta(seconds=ended),
+                           params={"x": 1.0}, distributions={"x": FloatDistribution(0, 2)},
+                           user_attrs={}, system_attrs={}, intermediate_values={}, trial_id=n)
+
+    trials = [trial(0, 0, 500), trial(1, 500, 1790, TrialState.PRUNED),
+              trial(2, 1000, 1810),  # finished after the budget: does not count
+              trial(3, 1790, None, TrialState.RUNNING),  # stopped at the budget
+              trial(4, -100, 400)]  # an earlier arm's trial in the same study
+    kept = eff.finished_by(trials, t0.timestamp(), 1800.0)
+    assert [t.number for t in kept] == [0, 1]

@@ -103,17 +103,23 @@ def test_a_final_model_is_shown_only_while_its_trial_is_the_winner(report_run, t
     final.mkdir(exist_ok=True)
     shutil.copy(run / "trials" / f"{earlier:04d}" / "model.safetensors", final)
     (final / "metrics.json").write_text(json.dumps({"winner_trial": earlier}))
+
+    def final_config(number: int) -> None:
+        (final / "config.toml").write_text(
+            all_training_images(trial_config(defn, trials[number])).to_toml())
+
+    final_config(earlier)  # the earlier winner's whole final: its number and its config
     path, source = _best_checkpoint(defn, data)
     assert path == run / "trials" / f"{winner:04d}" / "model.safetensors"
     assert "the winner" in source
+    final_config(winner)  # the winner's config, but another trial's number: not its final
+    assert _best_checkpoint(defn, data)[0] == run / "trials" / f"{winner:04d}" / WEIGHTS
     # a final that names the winner's number but was trained from other parameters (a study
     # re-created in the same folder numbers its trials anew)
     (final / "metrics.json").write_text(json.dumps({"winner_trial": winner}))
-    (final / "config.toml").write_text(
-        all_training_images(trial_config(defn, trials[earlier])).to_toml())
+    final_config(earlier)
     assert _best_checkpoint(defn, data)[0] == run / "trials" / f"{winner:04d}" / WEIGHTS
-    (final / "config.toml").write_text(
-        all_training_images(trial_config(defn, trials[winner])).to_toml())
+    final_config(winner)
     path, source = _best_checkpoint(defn, data)
     assert path == final / "model.safetensors" and source.startswith("Final model")
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
 from cifartune.cli.main import main
@@ -422,6 +423,36 @@ def test_final_trains_the_winner_at_the_target_on_all_images(tmp_path, small_roo
         train_final(defn, plan_final(defn))
     # the half-written final no longer claims to be the winner's model
     assert final_checkpoint(defn, winner) is None
+
+
+def test_a_stopped_final_continues_from_its_last_epoch(tmp_path, tiny_space, small_root):
+    """A final stopped after its first epoch (Ctrl-C) continues from there when asked for
+    again, and ends with the weights of the final that was never stopped."""
+    from safetensors.torch import load_file
+
+    from cifartune.train import TRAIN_STATE
+
+    run = tmp_path / "run"
+    r = search(run, tiny_space, small_root, "--n-trials", "2", "--sampler", "random",
+               "--seed", "3", "--final")
+    assert r.returncode == 0, r.stderr
+    whole = load_file(run / "final" / "model.safetensors")
+    defn = load_search(run)
+    epochs = []
+
+    def stop_after_one(report) -> None:
+        epochs.append(report.epoch)
+        if report.epoch == 1:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        train_final(defn, plan_final(defn), on_epoch=stop_after_one)
+    assert (run / "final" / TRAIN_STATE).exists()
+    fin = train_final(defn, plan_final(defn), on_epoch=lambda rep: epochs.append(rep.epoch))
+    assert epochs == [1, 2, 3]  # the second call trained epochs 2 and 3 only
+    assert not (run / "final" / TRAIN_STATE).exists()
+    again = load_file(fin.folder / "model.safetensors")
+    assert whole.keys() == again.keys()
+    assert all(torch.equal(whole[k], again[k]) for k in whole)
 
 
 def test_a_rung_as_costly_as_the_target_is_dropped_and_said(tmp_path, small_root):

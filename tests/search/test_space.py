@@ -211,6 +211,26 @@ def test_resume_compares_spaces_by_meaning(tmp_path):
     save_search(tmp_path, load_space(str(tmp_path / SPACE)), Config(), settings)
 
 
+def test_a_run_folder_refuses_another_study_whose_trials_would_overwrite_its_own(tmp_path):
+    """A second study in one folder numbers its trials from 0 again: RUN/trials/0000 of the
+    first would be overwritten. Renaming the folder changes the default study name too."""
+    space = parse_space(COND_SPACE, "t")
+    save_search(tmp_path, space, Config(), SearchSettings(study="t"))
+    for other in (SearchSettings(study="u"), SearchSettings(study="t", storage="sqlite:///x.db")):
+        with pytest.raises(ConfigError, match="holds study 't' in .*study.journal.*--study t "
+                                              "and no --storage"):
+            save_search(tmp_path, space, Config(), other)
+    save_search(tmp_path, space, Config(), SearchSettings(study="t", n_trials=9))  # resumes
+    db = tmp_path / "db"
+    url = "postgresql://me:secret@host/db"
+    save_search(db, space, Config(), SearchSettings(study="t", storage=url))
+    # another URL for the same database is allowed; the password is never repeated
+    save_search(db, space, Config(), SearchSettings(study="t", storage=url + "?x=1"))
+    with pytest.raises(ConfigError, match="in a database.*--study t and its --storage") as e:
+        save_search(db, space, Config(), SearchSettings(study="t"))
+    assert "secret" not in str(e.value)
+
+
 def test_the_space_widens_to_hold_the_base_configuration():
     """The baseline's values must be ones the samplers know, whatever --set or --config put
     in the base: the range, the choices or the step grid widen to hold them."""

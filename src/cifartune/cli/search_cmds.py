@@ -31,9 +31,10 @@ def add_search_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.fill(
         "Search hyperparameters with Optuna around a base configuration (the "
-        "space's preset, --preset, --config and --set), scoring every trial by its accuracy on "
-        "a validation split held out from the training set (default 5000 images) at the target "
-        "fidelity: the base's epochs on all other training images. Trial 0 is the base itself "
+        "space's preset, --preset, --config and --set), scoring every trial that completes by "
+        "its accuracy on a validation split held out from the training set (default 5000 "
+        "images) at the target fidelity: the base's epochs on all other training images. "
+        "Trial 0 is the base itself "
         "(the baseline). With a space that has rungs (fast), each trial first trains at cheaper "
         "fidelities and only the promising ones (the pruner decides) go on to the target. The "
         "winner is the best trial if it beats the baseline by more than the noise of a "
@@ -161,6 +162,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         except CifartuneError as e:  # e.g. the baseline is not scored yet: report anyway
             ui.error(str(e))
             code = 1
+        except KeyboardInterrupt:
+            ui.error("interrupted; the search is saved, and the final training continues from "
+                     "its last completed epoch when this command is rerun (add --n-trials 1 "
+                     "to start no new trial first)")
+            return 130
     if args.report and snap.counts.complete:
         cmd_report(argparse.Namespace(run=str(out), no_model=False))
     return code

@@ -19,9 +19,9 @@ from cifartune.search.results import best_config, trial_config
 from cifartune.search.study import SearchDefinition, load_run_study
 from cifartune.search.trial import is_baseline
 from cifartune.search.winner import Verdict
-from cifartune.train import EpochReport, Evaluation, TrainResult, train
+from cifartune.train import TRAIN_STATE, EpochReport, Evaluation, TrainResult, train
 from cifartune.train.checkpoint import WEIGHTS
-from cifartune.train.run import evaluate_model, start_run, write_run
+from cifartune.train.run import evaluate_model, resumes, start_run, write_run
 
 FINAL = "final"
 
@@ -63,9 +63,15 @@ def train_final(defn: SearchDefinition, plan: FinalPlan, data: Dataset | None = 
     # An earlier final's metrics name its trial: gone first, so that a crash before the new
     # metrics are written cannot leave the new weights labelled with the old trial.
     (folder / "metrics.json").unlink(missing_ok=True)
-    start_run(folder, config)
     data = data if data is not None else prepare_data(config.data)
-    result = train(config, data, on_epoch=on_epoch)
+    # A final takes a whole target training (7-20 min on a 2-core CPU): one stopped part way
+    # continues from its last epoch when it is asked for again with the same configuration.
+    state = folder / TRAIN_STATE
+    resume = resumes(folder, config)
+    if not resume:
+        state.unlink(missing_ok=True)  # another configuration's: a new final replaces it
+        start_run(folder, config)
+    result = train(config, data, on_epoch=on_epoch, save_state_to=state, resume=resume)
     test, _ = evaluate_model(result.model, data.test, data.classes, config, result.device)
     metrics = write_run(folder, result, test, extra={
         "winner_trial": v.winner.number, "winner_is_baseline": is_baseline(v.winner),
@@ -73,6 +79,7 @@ def train_final(defn: SearchDefinition, plan: FinalPlan, data: Dataset | None = 
         "baseline_val_accuracy": v.baseline.value if v.baseline else None,
         "best_trial": v.best.number, "best_val_accuracy": v.best.value,
         "difference": v.diff, "difference_se": v.se, "verdict": v.reason})
+    state.unlink(missing_ok=True)  # whole: nothing left to continue
     return FinalRun(folder, result, test, metrics)
 
 

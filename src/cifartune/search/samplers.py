@@ -65,8 +65,10 @@ class PerTrialSeed(optuna.samplers.BaseSampler):
     numbers are unique within a study, so seeding each trial by its number never repeats a
     draw, and a seeded search run without interruption by one worker is still reproducible.
     With no seed (the default), every trial is seeded from the operating system's entropy.
-    The samplers we wrap keep no state between trials outside the study (TPE, random, GP and
-    CMA-ES read the history from the study's trials), so re-creating them loses nothing."""
+    TPE, random and CMA-ES read their whole history from the study's trials, so re-creating
+    them loses nothing. GP also keeps a warm start for fitting its kernel between trials
+    (Optuna 5's `_gprs_cache_list`): here each fit starts cold, which costs seconds against
+    trials of minutes, and may settle on another local optimum of the same history."""
 
     def __init__(self, factory: Callable[[int | None], optuna.samplers.BaseSampler],
                  seed: int | None) -> None:

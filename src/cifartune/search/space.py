@@ -21,11 +21,11 @@ parameters, each bound to a config key, plus fixed config values for every trial
     [fixed]                          # config values for every trial
     epochs = 40
 
-Every trial is judged at the target fidelity: the base config (with [fixed]) on all training
-images but the validation split, for its own epochs. With `rungs`, a trial first trains at
-each rung (a table of config values over its own, e.g. fewer images) and goes on only if the
-pruner promotes it; the target is always the last rung. Without rungs, trials train at the
-target and pruners compare them epoch by epoch.
+Every trial that completes is scored at the target fidelity: the base config (with [fixed])
+on all training images but the validation split, for its own epochs. With `rungs`, a trial
+first trains at each rung (a table of config values over its own, e.g. fewer images) and
+goes on only if the pruner promotes it; the target is always the last rung. Without rungs,
+trials train at the target and pruners compare them epoch by epoch.
 """
 
 from __future__ import annotations

@@ -109,6 +109,8 @@ def save_search(run_dir: Path, space: SearchSpace, base: Config,
     """Write the search's definition; refuse a run folder that holds a different search."""
     run_dir.mkdir(parents=True, exist_ok=True)
     space_text, base_text = space.to_toml(), base.to_toml()
+    if (run_dir / SETTINGS).exists():
+        _refuse_another_study(run_dir, settings)
     if (run_dir / SPACE).exists():
         stored = parse_space((run_dir / SPACE).read_text(), space.name)
         if not stored.same_search(space):
@@ -132,6 +134,22 @@ def save_search(run_dir: Path, space: SearchSpace, base: Config,
     atomic_write_text(run_dir / SPACE, space_text)
     atomic_write_text(run_dir / BASE_CONFIG, base_text)
     atomic_write_json(run_dir / SETTINGS, asdict(settings))
+
+
+def _refuse_another_study(run_dir: Path, settings: SearchSettings) -> None:
+    """Another study in this folder would number its trials from 0 again and overwrite the
+    stored study's trial folders (RUN/trials/0000, ...). A database URL may change (another
+    host name for the same server); a journal run moving to a database, or back, may not."""
+    old = SearchSettings(**json.loads((run_dir / SETTINGS).read_text()))
+    if old.study == settings.study and bool(old.storage) == bool(settings.storage):
+        return
+    # the URL is not repeated: it may hold a password
+    where, again = ((" in a database", f"--study {old.study} and its --storage URL")
+                    if old.storage else (f" in {run_dir / JOURNAL}",
+                                         f"--study {old.study} and no --storage"))
+    raise ConfigError(f"{run_dir} holds study '{old.study}'{where}, whose trial folders "
+                      f"another study would overwrite; resume it with {again}, or choose "
+                      "a new --out")
 
 
 @dataclass

@@ -63,15 +63,20 @@ def saved_epochs(path: Path) -> tuple[int, int]:
     return state["epoch"], state["history"][-1]["epochs"]
 
 
+def changed_keys(state: dict, config: Config) -> list[str]:
+    """The config keys in which a saved state differs from `config`. Where the data lives
+    (`data.path`) does not count: a run may move to another machine."""
+    saved, now = flatten(state["config"]), flatten(config.to_dict())
+    return sorted(k for k in saved.keys() | now.keys()
+                  if saved.get(k) != now.get(k) and k != "data.path")
+
+
 def restore_state(state: dict, *, config: Config, where: str, model: torch.nn.Module,
                   optimizers: list, scaler, average,
                   generator: torch.Generator) -> tuple[int, int]:
     """Load `state` into the freshly built objects; returns (completed epochs, steps). The
-    caller restores its curve from `state["history"]`, `train_seconds` and `images_seen`.
-    Where the data lives (`data.path`) may differ: a run may move to another machine."""
-    saved, now = flatten(state["config"]), flatten(config.to_dict())
-    changed = sorted(k for k in saved.keys() | now.keys()
-                     if saved.get(k) != now.get(k) and k != "data.path")
+    caller restores its curve from `state["history"]`, `train_seconds` and `images_seen`."""
+    changed = changed_keys(state, config)
     if changed:
         raise CheckpointError(f"the saved training state is of another config ({', '.join(changed)}"
                               " differ); resume a run with the config it started with")

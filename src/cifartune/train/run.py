@@ -28,9 +28,9 @@ from cifartune._io import atomic_write_json, atomic_write_text
 from cifartune.config import Config, resolve_config
 from cifartune.data import Dataset, Split, prepare_data
 from cifartune.data.loader import to_device
-from cifartune.errors import CifartuneError
+from cifartune.errors import CheckpointError, CifartuneError
 from cifartune.train._device import precision_name, resolve_dtype
-from cifartune.train._state import TRAIN_STATE, saved_epochs
+from cifartune.train._state import TRAIN_STATE, changed_keys, read_state, saved_epochs
 from cifartune.train.checkpoint import WEIGHTS, save_checkpoint
 from cifartune.train.evaluate import Evaluation, predict_logits, summarize
 from cifartune.train.loop import EpochReport, TrainResult, train
@@ -169,6 +169,14 @@ def refuse_interrupted(out: Path) -> None:
     if interrupted(out) is not None:
         raise CifartuneError(f"{out} holds an interrupted run; continue it ('cifartune train "
                              f"--resume {out}', or resume=True), or choose another folder")
+
+
+def resumes(out: Path, config: Config) -> bool:
+    """Whether `out` holds an interrupted run of `config` (one that `resume=True` continues)."""
+    try:
+        return not changed_keys(read_state(out / TRAIN_STATE, mmap=True), config)
+    except CheckpointError:  # none, or unreadable: nothing to continue
+        return False
 
 
 def resume_config(out: Path) -> Config:
