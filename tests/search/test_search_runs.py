@@ -453,6 +453,15 @@ def test_a_stopped_final_continues_from_its_last_epoch(tmp_path, tiny_space, sma
     again = load_file(fin.folder / "model.safetensors")
     assert whole.keys() == again.keys()
     assert all(torch.equal(whole[k], again[k]) for k in whole)
+    # a state this machine cannot continue (here: saved on another device kind) is not a
+    # dead end: the final trains from the start instead
+    epochs.clear()
+    with pytest.raises(KeyboardInterrupt):
+        train_final(defn, plan_final(defn), on_epoch=stop_after_one)
+    state = torch.load(run / "final" / TRAIN_STATE, weights_only=True)
+    torch.save({**state, "where": "cuda, bfloat16"}, run / "final" / TRAIN_STATE)
+    train_final(defn, plan_final(defn), on_epoch=lambda rep: epochs.append(rep.epoch))
+    assert epochs == [1, 1, 2, 3] and not (run / "final" / TRAIN_STATE).exists()
 
 
 def test_a_rung_as_costly_as_the_target_is_dropped_and_said(tmp_path, small_root):

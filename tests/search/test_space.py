@@ -221,6 +221,9 @@ def test_a_run_folder_refuses_another_study_whose_trials_would_overwrite_its_own
                                               "and no --storage"):
             save_search(tmp_path, space, Config(), other)
     save_search(tmp_path, space, Config(), SearchSettings(study="t", n_trials=9))  # resumes
+    # the same journal named by path is a journal too, not a database
+    save_search(tmp_path, space, Config(),
+                SearchSettings(study="t", storage=str(tmp_path / "study.journal")))
     db = tmp_path / "db"
     url = "postgresql://me:secret@host/db"
     save_search(db, space, Config(), SearchSettings(study="t", storage=url))

@@ -14,7 +14,7 @@ from optuna.trial import FrozenTrial
 
 from cifartune.config import Config, all_training_images, resolve_config
 from cifartune.data import Dataset, prepare_data
-from cifartune.errors import CifartuneError
+from cifartune.errors import CheckpointError, CifartuneError
 from cifartune.search.results import best_config, trial_config
 from cifartune.search.study import SearchDefinition, load_run_study
 from cifartune.search.trial import is_baseline
@@ -70,8 +70,14 @@ def train_final(defn: SearchDefinition, plan: FinalPlan, data: Dataset | None = 
     resume = resumes(folder, config)
     if not resume:
         state.unlink(missing_ok=True)  # another configuration's: a new final replaces it
-        start_run(folder, config)
-    result = train(config, data, on_epoch=on_epoch, save_state_to=state, resume=resume)
+    start_run(folder, config)  # also on a resume: the data may live elsewhere now
+    try:
+        result = train(config, data, on_epoch=on_epoch, save_state_to=state, resume=resume)
+    except CheckpointError:  # a state this machine cannot continue (another device kind or
+        if not resume:       # precision): the final trains from the start instead
+            raise
+        state.unlink(missing_ok=True)
+        result = train(config, data, on_epoch=on_epoch, save_state_to=state)
     test, _ = evaluate_model(result.model, data.test, data.classes, config, result.device)
     metrics = write_run(folder, result, test, extra={
         "winner_trial": v.winner.number, "winner_is_baseline": is_baseline(v.winner),

@@ -141,12 +141,18 @@ def _refuse_another_study(run_dir: Path, settings: SearchSettings) -> None:
     stored study's trial folders (RUN/trials/0000, ...). A database URL may change (another
     host name for the same server); a journal run moving to a database, or back, may not."""
     old = SearchSettings(**json.loads((run_dir / SETTINGS).read_text()))
-    if old.study == settings.study and bool(old.storage) == bool(settings.storage):
+
+    def in_database(url: str) -> bool:  # as open_storage tells them apart
+        return bool(url) and not url.endswith(".journal")
+    if old.study == settings.study and in_database(old.storage) == in_database(settings.storage):
         return
-    # the URL is not repeated: it may hold a password
-    where, again = ((" in a database", f"--study {old.study} and its --storage URL")
-                    if old.storage else (f" in {run_dir / JOURNAL}",
-                                         f"--study {old.study} and no --storage"))
+    # a database URL is not repeated: it may hold a password
+    if in_database(old.storage):
+        where, again = " in a database", f"--study {old.study} and its --storage URL"
+    else:
+        where = f" in {old.storage or run_dir / JOURNAL}"
+        again = f"--study {old.study} and " + (f"--storage {old.storage}" if old.storage
+                                                else "no --storage")
     raise ConfigError(f"{run_dir} holds study '{old.study}'{where}, whose trial folders "
                       f"another study would overwrite; resume it with {again}, or choose "
                       "a new --out")

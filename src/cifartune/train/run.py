@@ -177,6 +177,8 @@ def resumes(out: Path, config: Config) -> bool:
         return not changed_keys(read_state(out / TRAIN_STATE, mmap=True), config)
     except CheckpointError:  # none, or unreadable: nothing to continue
         return False
+    except (KeyError, TypeError, AttributeError):  # a file of another kind or an older layout
+        return False
 
 
 def resume_config(out: Path) -> Config:
