@@ -54,11 +54,14 @@ def journal_storage(path: str | Path) -> optuna.storages.JournalStorage:
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
 
 
+def in_database(url: str) -> bool:
+    """Whether --storage URL names a database ("" and *.journal are journal files)."""
+    return bool(url) and not url.endswith(".journal")
+
+
 def open_storage(run_dir: Path, url: str) -> optuna.storages.BaseStorage:
-    if not url:
-        return journal_storage(run_dir / JOURNAL)
-    if url.endswith(".journal"):
-        return journal_storage(url)
+    if not in_database(url):
+        return journal_storage(url or run_dir / JOURNAL)
     try:
         # pool_pre_ping: survive database restarts and idle connections dropped by servers.
         return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
@@ -141,9 +144,6 @@ def _refuse_another_study(run_dir: Path, settings: SearchSettings) -> None:
     stored study's trial folders (RUN/trials/0000, ...). A database URL may change (another
     host name for the same server); a journal run moving to a database, or back, may not."""
     old = SearchSettings(**json.loads((run_dir / SETTINGS).read_text()))
-
-    def in_database(url: str) -> bool:  # as open_storage tells them apart
-        return bool(url) and not url.endswith(".journal")
     if old.study == settings.study and in_database(old.storage) == in_database(settings.storage):
         return
     # a database URL is not repeated: it may hold a password
