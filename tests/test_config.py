@@ -6,6 +6,7 @@ from cifartune.config import (
     Config,
     apply,
     describe_keys,
+    flatten,
     full_key,
     load_config_dict,
     resolve_config,
@@ -28,6 +29,14 @@ def test_seed_preset_matches_the_original():
     assert (c.model.arch, c.model.resnet.depth, c.model.resnet.units) == ("resnet", 4, 1024)
     assert c.model.resnet.dropout == pytest.approx(0.3)
     assert c.augment.rotate > 0 and c.augment.shift > 0 and c.augment.zoom > 0 and c.augment.flip
+
+
+def test_long_preset_is_the_fast_recipe_wider_and_longer():
+    fast, long = resolve_config("fast"), resolve_config("long")
+    assert long.model.fast.widths == [128, 384, 384] and long.train.epochs > fast.train.epochs
+    # everything else is the fast recipe: only the widths and the epochs differ
+    changed = {k for k, v in flatten(long.to_dict()).items() if flatten(fast.to_dict())[k] != v}
+    assert changed == {"model.fast.widths", "train.epochs"}
 
 
 def test_precedence_preset_file_override(tmp_path: Path):

@@ -151,7 +151,7 @@ class Config:
         return to_toml(self.to_dict())
 
 
-PRESETS = ("fast", "seed")
+PRESETS = ("fast", "seed", "long")
 
 
 # ----------------------------------------------------------------------------- key lookup

@@ -11,6 +11,7 @@ from cifartune.errors import CifartuneError
 
 EPILOG = """examples:
   cifartune train                                  # the fast recipe (~94% on CIFAR-10)
+  cifartune train --preset long                    # wider and longer, aimed at 95%
   cifartune train --preset seed --set epochs=2     # the original Keras ResNet configuration
   cifartune train --set seed=1 --set lr=0.2 --out runs/lr02
   cifartune train --resume runs/lr02               # continue it after a crash or Ctrl-C
