@@ -131,7 +131,7 @@ def test_interrupted_training_resumes_from_its_last_completed_epoch(cifar_root, 
                              "--set", "test_limit=500", "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, preexec_fn=restore_sigint)
-    deadline = time.time() + 120
+    deadline = time.time() + 600  # a slow or busy machine: the loop ends at the first state
     while not (out / "train_state.pt").exists() and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
@@ -223,3 +223,16 @@ def test_help_screens_print_clean_text():
     for name, text in screens.items():
         assert "%%" not in text and "%(" not in text, name  # unformatted escapes
         assert "usage:" in text, name
+
+
+def test_a_resumed_runs_progress_bar_starts_at_its_completed_epochs():
+    """The bar (and so its ETA) counts only the epochs still to train, not all from 0."""
+    from rich.progress import Progress
+
+    from cifartune.cli._progress import EpochProgress
+
+    with Progress(disable=True) as p:
+        bar = EpochProgress(p, total=6, label="training", done=3)
+        assert p.tasks[0].completed == 3
+        assert EpochProgress(p, total=6, label="fresh").progress.tasks[1].completed == 0
+        del bar

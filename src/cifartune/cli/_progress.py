@@ -35,9 +35,10 @@ class EpochProgress:
     """A bar over epochs with loss, accuracy, images/s and ETA, plus one kept line per epoch
     (the accuracy curve stays in the terminal log)."""
 
-    def __init__(self, progress: Progress, total: float, label: str) -> None:
+    def __init__(self, progress: Progress, total: float, label: str, done: int = 0) -> None:
         self.progress = progress
-        self.task = progress.add_task(label, total=total, stats="starting...")
+        # a resumed run starts where it stopped, so the bar and its ETA count only new epochs
+        self.task = progress.add_task(label, total=total, completed=done, stats="starting...")
 
     def __call__(self, r) -> None:  # r: EpochReport
         # test-set figures are labelled as monitoring: choosing by them tunes on the test set
@@ -50,12 +51,12 @@ class EpochProgress:
 
 
 @contextmanager
-def epoch_progress(total: float, label: str = "training"):
+def epoch_progress(total: float, label: str = "training", done: int = 0):
     columns = [TextColumn("{task.description}"), BarColumn(bar_width=24),
                TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"),
                TimeRemainingColumn()]
     with Progress(*columns, console=err, transient=False, disable=not err.is_terminal) as p:
-        yield EpochProgress(p, total, label)
+        yield EpochProgress(p, total, label, done)
 
 
 @contextmanager

@@ -94,7 +94,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                      "test images: watch "
                      "the run with it, never choose settings or epochs by it (hold out a "
                      "validation split with --set val_size=5000, or use 'cifartune search')")
-    with ui.epoch_progress(config.train.epochs) as bar:
+    done = interrupted(out) if args.resume else None
+    with ui.epoch_progress(config.train.epochs, done=done[0] if done else 0) as bar:
         def on_epoch(r) -> None:
             bar(r)
             if r.epoch == r.epochs:
