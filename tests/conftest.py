@@ -71,3 +71,17 @@ def tiny_config(cifar_root: Path) -> Config:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def progress_starts(monkeypatch) -> list[int]:
+    """The `done` (kept epochs) each epoch progress bar of the command line starts with."""
+    from cifartune.cli import _progress
+
+    starts, real = [], _progress.epoch_progress
+
+    def spy(total: float, label: str = "training", done: int = 0):
+        starts.append(done)
+        return real(total, label, done)
+    monkeypatch.setattr(_progress, "epoch_progress", spy)
+    return starts

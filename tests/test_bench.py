@@ -182,3 +182,54 @@ def test_efficiency_counts_only_trials_finished_inside_the_budget(monkeypatch):
               trial(4, -100, 400)]  # an earlier arm's trial in the same study
     kept = eff.finished_by(trials, t0.timestamp(), 1800.0)
     assert [t.number for t in kept] == [0, 1]
+
+
+PEER = """
+import json, os, sys
+assert os.environ["MALLOC_MMAP_MAX_"] == "0"  # the allocator setting our trainer gives itself
+held = b"x" * (300 * 2**20)  # 300 MiB written: the harness, not the peer, measures memory
+print("RESULT " + json.dumps({"test_accuracy_lossless": 0.5, "test_accuracy_all": 0.4,
+      "train_seconds": 2.0, "precision": "float32", "data": os.environ["CIFARTUNE_DATA"],
+      "seed": int(sys.argv[-1]), "held": len(held)}))
+"""
+
+
+def test_side_by_side_runs_both_arms_on_the_same_data(tmp_path, small_root):
+    peer = tmp_path / "peer.py"
+    peer.write_text(PEER)
+    results = tmp_path / "sbs.jsonl"
+    r = bench("side_by_side.py", "--preset", "fast", "--seeds", "3", "--peer",
+              f"{sys.executable} {peer}", "--data", str(small_root), "--results", str(results),
+              *TINY)
+    assert r.returncode == 0, r.stderr
+    ours, theirs = [json.loads(x) for x in results.read_text().splitlines()]
+    assert (ours["arm"], theirs["arm"]) == ("fast", "peer")
+    assert ours["seed"] == theirs["seed"] == theirs["peer"]["seed"] == 3
+    assert ours["data"] == theirs["data"] == theirs["peer"]["data"] == str(small_root.resolve())
+    assert theirs["peak_memory_mb"] > 300 and ours["peak_memory_mb"] > 100  # each its own
+    assert 0 <= ours["test_accuracy_lossless"] <= 1 and ours["train_seconds"] > 0
+    assert "--set seed" not in ours["command"] and ours["boot"] and ours["cpu"]
+    assert "training time fast / peer" in r.stdout
+    bad = bench("side_by_side.py", "--seeds", "0", "--arms", "ours,peers", "--data",
+                str(small_root), "--results", str(results))
+    assert bad.returncode == 2 and "--arms takes ours and/or peer" in bad.stderr
+    bad = bench("side_by_side.py", "--arms", "ours", "--set", "seed=1", "--data",
+                str(small_root), "--results", str(results))
+    assert bad.returncode == 2 and "--seeds" in bad.stderr
+
+
+def test_side_by_side_compares_times_only_within_one_boot_over_shared_seeds(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import side_by_side as sbs
+
+    def row(arm, seed, boot, seconds):
+        return {"arm": arm, "seed": seed, "boot": boot, "train_seconds": seconds,
+                "command": "peer.py" if arm == "peer" else "cifartune train --preset long",
+                "cpu": "cpu", "precision": "bfloat16", "peer": {}}
+
+    rows = [row("long", 0, "a", 100.0), row("long", 1, "a", 300.0), row("peer", 0, "a", 200.0),
+            row("long", 2, "b", 50.0), row("peer", 3, "b", 100.0), row("peer", 1, "c", 1.0)]
+    lines = sbs.ratios(rows)
+    # boot a: seed 0 only (the peer never ran seed 1 there); boot b shares no seed; c has
+    # no run of ours
+    assert len(lines) == 1 and "seeds [0]" in lines[0] and "= 0.50x" in lines[0]

@@ -117,7 +117,8 @@ def test_config_command(capsys):
     assert "train.label_smoothing" in capsys.readouterr().out
 
 
-def test_interrupted_training_resumes_from_its_last_completed_epoch(cifar_root, tmp_path):
+def test_interrupted_training_resumes_from_its_last_completed_epoch(cifar_root, tmp_path,
+                                                                     progress_starts, capsys):
     """SIGINT during training: exit 130, the config and the last completed epoch's state
     kept (no checkpoint, no temp file), and the hint to resume; `--resume` then finishes the
     run with its whole curve and removes the state. A new run into that folder is refused."""
@@ -143,10 +144,10 @@ def test_interrupted_training_resumes_from_its_last_completed_epoch(cifar_root, 
 
     _bad(["train", "--data", str(cifar_root), "--out", str(out)], "holds an interrupted run")
     _bad(["train", "--resume", str(out), "--set", "lr=0.1"], "drop --set")
-    r = cli("train", "--resume", str(out))
-    assert r.returncode == 0, r.stderr
-    done = int(r.stderr.split("after epoch ")[1].split()[0])
-    assert 1 <= done < 6
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out)]) == 0
+    done = int(capsys.readouterr().err.split("after epoch ")[1].split()[0])
+    assert 1 <= done < 6 and progress_starts == [done]  # the bar starts at the kept epochs
     resumed = json.loads((out / "metrics.json").read_text())
     assert [h["epoch"] for h in resumed["history"]] == list(range(1, 7))
     # the same run never stopped: the same curve and test accuracy
@@ -225,14 +226,21 @@ def test_help_screens_print_clean_text():
         assert "usage:" in text, name
 
 
-def test_a_resumed_runs_progress_bar_starts_at_its_completed_epochs():
-    """The bar (and so its ETA) counts only the epochs still to train, not all from 0."""
+def test_time_left_counts_only_the_epochs_trained_since_a_resume():
+    """Resumed after 3 of 6 epochs, one new epoch in 60 s: 2 to go, about 2 minutes (not the
+    0.5 minutes that counting the 3 kept epochs as trained in those 60 s would give)."""
+    from types import SimpleNamespace
+
     from rich.progress import Progress
 
     from cifartune.cli._progress import EpochProgress
 
+    now = [0.0]
     with Progress(disable=True) as p:
-        bar = EpochProgress(p, total=6, label="training", done=3)
+        bar = EpochProgress(p, total=6, label="training", done=3, clock=lambda: now[0])
         assert p.tasks[0].completed == 3
-        assert EpochProgress(p, total=6, label="fresh").progress.tasks[1].completed == 0
-        del bar
+        now[0] = 60.0
+        bar(SimpleNamespace(epoch=4, epochs=6, train_loss=1.0, train_accuracy=0.5,
+                            eval_split="", eval_accuracy=None, images_per_second=100.0,
+                            train_seconds=240.0))
+        assert p.tasks[0].completed == 4 and p.tasks[0].fields["left"] == "about 2m00s left"

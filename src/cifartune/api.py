@@ -101,13 +101,7 @@ def tune(space: str | Path = "fast", *, preset: str | None = None,
     space and base) resumes the search."""
     from cifartune.data import prepare_data
     from cifartune.search import SearchSettings, load_run_study, load_search, run_search
-    from cifartune.search.prepare import (
-        check_settings,
-        describe_search,
-        fit_space,
-        resolve_search,
-    )
-    from cifartune.search.samplers import make_sampler
+    from cifartune.search.prepare import check_settings, plan_search, resolve_search
     from cifartune.train.run import default_run_folder
 
     known = {f.name for f in fields(SearchSettings)}
@@ -119,13 +113,10 @@ def tune(space: str | Path = "fast", *, preset: str | None = None,
     folder = Path(out) if out is not None else default_run_folder("search")
     s = SearchSettings(**{"study": folder.resolve().name, **settings})
     check_settings(s)
-    make_sampler(s.sampler, s.seed)
     n_train = len(prepare_data(sp.trial_config(base, {}).data).train)
-    sp, notes = fit_space(sp, base, s.pruner, n_train)
+    sp, lines = plan_search(sp, base, s, folder, n_train)
     say = print if progress else (lambda *a, **k: None)
-    if not s.has_limit():
-        say("no n_trials, timeout or epoch_budget: searching until interrupted")
-    for line in describe_search(sp, base, s, folder, n_train) + notes:
+    for line in lines:
         say(line)
     shown = [-1]
 

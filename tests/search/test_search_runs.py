@@ -425,11 +425,13 @@ def test_final_trains_the_winner_at_the_target_on_all_images(tmp_path, small_roo
     assert final_checkpoint(defn, winner) is None
 
 
-def test_a_stopped_final_continues_from_its_last_epoch(tmp_path, tiny_space, small_root):
+def test_a_stopped_final_continues_from_its_last_epoch(tmp_path, tiny_space, small_root,
+                                                       capsys, progress_starts):
     """A final stopped after its first epoch (Ctrl-C) continues from there when asked for
     again, and ends with the weights of the final that was never stopped."""
     from safetensors.torch import load_file
 
+    from cifartune.cli.search_cmds import final_run
     from cifartune.train import TRAIN_STATE
 
     run = tmp_path / "run"
@@ -453,6 +455,14 @@ def test_a_stopped_final_continues_from_its_last_epoch(tmp_path, tiny_space, sma
     again = load_file(fin.folder / "model.safetensors")
     assert whole.keys() == again.keys()
     assert all(torch.equal(whole[k], again[k]) for k in whole)
+    # the command line says it continues, and its progress bar starts after the kept epoch
+    with pytest.raises(KeyboardInterrupt):
+        train_final(defn, plan_final(defn), on_epoch=stop_after_one)
+    capsys.readouterr()
+    final_run(run)
+    assert "continuing the stopped final training after epoch 1" in capsys.readouterr().err
+    assert progress_starts == [1]
+    assert not (run / "final" / TRAIN_STATE).exists()
     # a state this machine cannot continue (here: saved on another device kind) is not a
     # dead end: the final trains from the start instead
     epochs.clear()

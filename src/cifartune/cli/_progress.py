@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -32,13 +34,25 @@ def duration(seconds: float) -> str:
 
 
 class EpochProgress:
-    """A bar over epochs with loss, accuracy, images/s and ETA, plus one kept line per epoch
-    (the accuracy curve stays in the terminal log)."""
+    """A bar over epochs with loss, accuracy, images/s and time left, plus one kept line per
+    epoch (the accuracy curve stays in the terminal log, and so does the time left)."""
 
-    def __init__(self, progress: Progress, total: float, label: str, done: int = 0) -> None:
+    def __init__(self, progress: Progress, total: float, label: str, done: int = 0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.progress = progress
-        # a resumed run starts where it stopped, so the bar and its ETA count only new epochs
-        self.task = progress.add_task(label, total=total, completed=done, stats="starting...")
+        # A resumed run starts where it stopped: the bar shows the kept epochs, and the time
+        # left is estimated from the epochs trained since this start only.
+        self.done, self.clock, self.start = done, clock, clock()
+        self.task = progress.add_task(label, total=total, completed=done, stats="starting...",
+                                      left="")
+
+    def time_left(self, epoch: int, epochs: int) -> str:
+        """Wall time per new epoch (training and its evaluation) times the epochs to go.
+        (Rich's own ETA estimates speed over the last 30 s only: never a whole epoch.)"""
+        new = epoch - self.done
+        if new <= 0:
+            return ""
+        return duration((self.clock() - self.start) / new * (epochs - epoch))
 
     def __call__(self, r) -> None:  # r: EpochReport
         # test-set figures are labelled as monitoring: choosing by them tunes on the test set
@@ -46,15 +60,18 @@ class EpochProgress:
         ev = f"{name} {pct(r.eval_accuracy)}" if r.eval_split else ""
         stats = (f"epoch {r.epoch}/{r.epochs}  loss {r.train_loss:.3f}  train acc "
                  f"{pct(r.train_accuracy)}  {ev}  {r.images_per_second:.0f} img/s")
-        self.progress.update(self.task, completed=r.epoch, total=r.epochs, stats=stats)
-        self.progress.console.print(f"  {stats}  ({duration(r.train_seconds)} training)")
+        left = self.time_left(r.epoch, r.epochs) if r.epoch < r.epochs else ""
+        self.progress.update(self.task, completed=r.epoch, total=r.epochs, stats=stats,
+                             left=f"about {left} left" if left else "")
+        self.progress.console.print(f"  {stats}  ({duration(r.train_seconds)} training"
+                                    + (f", about {left} left)" if left else ")"))
 
 
 @contextmanager
 def epoch_progress(total: float, label: str = "training", done: int = 0):
     columns = [TextColumn("{task.description}"), BarColumn(bar_width=24),
-               TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"),
-               TimeRemainingColumn()]
+               TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
+               TextColumn("{task.fields[left]}")]
     with Progress(*columns, console=err, transient=False, disable=not err.is_terminal) as p:
         yield EpochProgress(p, total, label, done)
 

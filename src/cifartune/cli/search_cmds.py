@@ -131,20 +131,16 @@ def _settings(args: argparse.Namespace, out: Path) -> SearchSettings:
 def cmd_search(args: argparse.Namespace) -> int:
     from cifartune.cli._search_view import SearchView
     from cifartune.search import run_search
-    from cifartune.search.prepare import describe_search, fit_space, resolve_search
-    from cifartune.search.samplers import make_sampler
+    from cifartune.search.prepare import plan_search, resolve_search
 
     space, base = resolve_search(args.space, args.preset, args.config,
                                  parse_overrides(args.overrides), args.data)
     out = Path(args.out) if args.out else default_out("search")
-    settings = _settings(args, out)
-    make_sampler(settings.sampler, settings.seed)  # fail fast on a missing optional package
+    settings = _settings(args, out)  # checked: fails before any download
     # Bad data fails here, once, and a download happens once, not in every worker.
     data = load_data(space.trial_config(base, {}))
-    if not settings.has_limit():
-        ui.err.print("no --n-trials, --timeout or --epoch-budget: searching until Ctrl-C")
-    space, notes = fit_space(space, base, settings.pruner, len(data.train))
-    for line in describe_search(space, base, settings, out, len(data.train)) + notes:
+    space, lines = plan_search(space, base, settings, out, len(data.train))
+    for line in lines:
         ui.err.print(line)
     try:
         with SearchView(space) as view:
@@ -197,7 +193,9 @@ def final_run(out: Path) -> None:
     """Train the winner at the target on all training images; report on the test set."""
     from cifartune.models import describe_model
     from cifartune.search import load_search, plan_final, train_final
+    from cifartune.search.final import FINAL
     from cifartune.search.trial import is_baseline
+    from cifartune.train.run import interrupted, resumes
 
     defn = load_search(out)
     plan = plan_final(defn)
@@ -208,7 +206,12 @@ def final_run(out: Path) -> None:
                  f"{config.train.epochs:g} epochs on all training images -> {out / 'final'}")
     data = load_data(config)
     ui.err.print(f"model: {describe_model(config.model, data.num_classes).describe()}")
-    with ui.epoch_progress(config.train.epochs) as bar:
+    folder = out / FINAL
+    done = interrupted(folder)[0] if resumes(folder, config) else 0
+    if done:
+        ui.err.print(f"continuing the stopped final training after epoch {done} (from the "
+                     "start instead if its state is from another device or precision)")
+    with ui.epoch_progress(config.train.epochs, done=done) as bar:
         fin = train_final(defn, plan, data, on_epoch=bar)
     print_evaluation(fin.test, f"final model ({who}, all training images) on the test set, "
                                f"tta={config.train.tta}")

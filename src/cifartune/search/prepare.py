@@ -15,6 +15,7 @@ from typing import Any
 
 from cifartune.config import Config, apply, config_file_values, resolve_config
 from cifartune.errors import CifartuneError
+from cifartune.search.samplers import make_sampler
 from cifartune.search.space import SearchSpace, load_space
 from cifartune.search.study import SearchSettings
 
@@ -66,11 +67,24 @@ def fit_space(space: SearchSpace, base: Config, pruner: str,
 
 def check_settings(settings: SearchSettings) -> None:
     """Settings a search can run with (the messages name the command's options; the Python
-    API's arguments have the same names with underscores)."""
+    API's arguments have the same names with underscores). Called before the data loads, so
+    a bad setting or a missing optional sampler package fails at once, before a download."""
     if settings.workers < 1:
         raise CifartuneError(f"--workers must be at least 1, got {settings.workers}")
     if min(settings.n_trials, settings.timeout, settings.epoch_budget, settings.keep_top) < 0:
         raise CifartuneError("--n-trials, --timeout, --epoch-budget and --keep-top must be >= 0")
+    make_sampler(settings.sampler, settings.seed)
+
+
+def plan_search(space: SearchSpace, base: Config, settings: SearchSettings, out: Path,
+                train_images: int) -> tuple[SearchSpace, list[str]]:
+    """The space the search runs (`fit_space`) and the lines that tell the user what it will
+    do, for the command line and the Python API alike."""
+    space, notes = fit_space(space, base, settings.pruner, train_images)
+    lines = [] if settings.has_limit() else [
+        "no limit on trials, time or epochs: searching until interrupted (Ctrl-C; the same "
+        "search, run again, resumes)"]
+    return space, lines + describe_search(space, base, settings, out, train_images) + notes
 
 
 def describe_search(space: SearchSpace, base: Config, settings: SearchSettings, out: Path,
