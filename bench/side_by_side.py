@@ -132,7 +132,7 @@ def ratios(rows: list[dict]) -> list[str]:
                 b = [r for r in theirs if r["seed"] in seeds]
                 t = sum(r["train_seconds"] for r in a) / sum(r["train_seconds"] for r in b)
                 lines.append(f"boot {str(boot)[:8]} ({a[0]['cpu']}, {a[0]['precision']} vs "
-                             f"{b[0].get('precision') or b[0]['peer'].get('bf16')}), seeds "
+                             f"{b[0].get('precision') or b[0]['peer'].get('precision')}), seeds "
                              f"{seeds}: training time {arm} / peer = {t:.2f}x "
                              f"({sum(r['train_seconds'] for r in a) / 60:.1f} vs "
                              f"{sum(r['train_seconds'] for r in b) / 60:.1f} min); peer: "
