@@ -68,14 +68,12 @@ def run_child(cmd: list[str], env: dict[str, str] | None = None) -> tuple[list[s
 
 
 def run_ours(preset: str, seed: int, sets: list[str], data: str) -> dict:
+    recipe = ["train", "--preset", preset, *[a for s in sets for a in ("--set", s)]]
     with tempfile.TemporaryDirectory(prefix="side_by_side_") as out:
-        args = ["train", "--preset", preset, "--set", f"seed={seed}",
-                *[a for s in sets for a in ("--set", s)]]
-        _, measured = run_child([sys.executable, "-m", "cifartune.cli.main", *args,
-                                 "--data", data, "--out", out])
+        _, measured = run_child([sys.executable, "-m", "cifartune.cli.main", *recipe, "--set",
+                                 f"seed={seed}", "--data", data, "--out", out])
         m = json.loads((Path(out) / "metrics.json").read_text())
-    recipe = ["cifartune", "train", "--preset", preset, *[a for s in sets for a in ("--set", s)]]
-    return {"arm": preset, "command": shlex.join(recipe), "seed": seed,
+    return {"arm": preset, "command": shlex.join(["cifartune", *recipe]), "seed": seed,
             "test_accuracy_lossless": m["test_accuracy_lossless"],
             "test_accuracy_all": m["test_accuracy"], "train_seconds": m["train_seconds"],
             "precision": m["precision"], "epochs": m["epochs"], **measured}

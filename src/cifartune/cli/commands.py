@@ -57,14 +57,15 @@ def print_evaluation(ev, title: str) -> None:
     ui.out.print(line)
 
 
-def run_to_train(args: argparse.Namespace) -> tuple[Path, Config]:
-    """The run folder and config of `train`: a new run, or with --resume an interrupted one."""
+def run_to_train(args: argparse.Namespace) -> tuple[Path, Config, int]:
+    """The run folder and config of `train`, and the epochs it has kept: a new run (0), or
+    with --resume an interrupted one."""
     from cifartune.train.run import interrupted, refuse_interrupted, resume_config
 
     if not args.resume:
         out = Path(args.out) if args.out else default_out("train")
         refuse_interrupted(out)  # before the data loads: one line, at once
-        return out, resolve_args(args)
+        return out, resolve_args(args), 0
     given = [flag for flag, value in (("--preset", args.preset), ("--config", args.config),
                                       ("--set", args.overrides), ("--out", args.out)) if value]
     if given:
@@ -74,8 +75,9 @@ def run_to_train(args: argparse.Namespace) -> tuple[Path, Config]:
     config = resume_config(out)
     if args.data:  # the run moved to another machine
         config = apply(config, {"data.path": str(Path(args.data).expanduser().resolve())})
-    ui.err.print("resuming {} after epoch {} of {}".format(out, *interrupted(out)))
-    return out, config
+    done, total = interrupted(out)
+    ui.err.print(f"resuming {out} after epoch {done} of {total}")
+    return out, config, done
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -83,7 +85,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from cifartune.train.run import interrupted, train_run
 
     started = time.perf_counter()
-    out, config = run_to_train(args)
+    out, config, done = run_to_train(args)
     data = load_data(config)  # before the run folder: bad data leaves nothing behind
     ui.err.print(f"run folder: {out}  (resolved config in {out / 'config.toml'})")
     stats = describe_model(config.model, data.num_classes)
@@ -94,8 +96,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                      "test images: watch "
                      "the run with it, never choose settings or epochs by it (hold out a "
                      "validation split with --set val_size=5000, or use 'cifartune search')")
-    done = interrupted(out) if args.resume else None
-    with ui.epoch_progress(config.train.epochs, done=done[0] if done else 0) as bar:
+    with ui.epoch_progress(config.train.epochs, done=done) as bar:
         def on_epoch(r) -> None:
             bar(r)
             if r.epoch == r.epochs:

@@ -195,7 +195,7 @@ def final_run(out: Path) -> None:
     from cifartune.search import load_search, plan_final, train_final
     from cifartune.search.final import FINAL
     from cifartune.search.trial import is_baseline
-    from cifartune.train.run import interrupted, resumes
+    from cifartune.train.run import kept_epochs
 
     defn = load_search(out)
     plan = plan_final(defn)
@@ -207,7 +207,7 @@ def final_run(out: Path) -> None:
     data = load_data(config)
     ui.err.print(f"model: {describe_model(config.model, data.num_classes).describe()}")
     folder = out / FINAL
-    done = interrupted(folder)[0] if resumes(folder, config) else 0
+    done = kept_epochs(folder, config)
     if done:
         ui.err.print(f"continuing the stopped final training after epoch {done} (from the "
                      "start instead if its state is from another device or precision)")

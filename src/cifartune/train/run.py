@@ -171,14 +171,21 @@ def refuse_interrupted(out: Path) -> None:
                              f"--resume {out}', or resume=True), or choose another folder")
 
 
+def kept_epochs(out: Path, config: Config) -> int:
+    """The epochs an interrupted run of `config` in `out` has kept (0: nothing of this config
+    to continue)."""
+    try:
+        state = read_state(out / TRAIN_STATE, mmap=True)
+        return 0 if changed_keys(state, config) else int(state["epoch"])
+    except CheckpointError:  # none, or unreadable: nothing to continue
+        return 0
+    except (KeyError, TypeError, AttributeError):  # a file of another kind or an older layout
+        return 0
+
+
 def resumes(out: Path, config: Config) -> bool:
     """Whether `out` holds an interrupted run of `config` (one that `resume=True` continues)."""
-    try:
-        return not changed_keys(read_state(out / TRAIN_STATE, mmap=True), config)
-    except CheckpointError:  # none, or unreadable: nothing to continue
-        return False
-    except (KeyError, TypeError, AttributeError):  # a file of another kind or an older layout
-        return False
+    return kept_epochs(out, config) > 0
 
 
 def resume_config(out: Path) -> Config:
