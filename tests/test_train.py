@@ -60,6 +60,36 @@ def test_divergence_raises_a_typed_error(tiny_config, small):
     assert e.value.step >= 0 and "diverged" in str(e.value)
 
 
+def test_reading_the_loss_once_per_epoch_trains_the_same_weights(tiny_config, small,
+                                                                monkeypatch):
+    """The divergence check reads the loss on the host only every few steps (a read stalls a
+    GPU); how often must not change what is trained."""
+    from cifartune.train import loop
+
+    monkeypatch.setattr(loop, "DIVERGENCE_CHECK_STEPS", 1)
+    every_step = train(apply(tiny_config, {"epochs": 2}), small).model.state_dict()
+    monkeypatch.setattr(loop, "DIVERGENCE_CHECK_STEPS", 10**9)  # at the epochs' ends only
+    per_epoch = train(apply(tiny_config, {"epochs": 2}), small).model.state_dict()
+    assert all(torch.equal(every_step[k], per_epoch[k]) for k in every_step)
+
+
+def test_divergence_is_caught_within_the_check_interval(tiny_config, small, monkeypatch):
+    from cifartune.train import loop
+
+    cfg = apply(tiny_config, {"optimizer": "sgd", "lr": 1e12, "momentum": 0.9,
+                              "precision": "fp32", "label_smoothing": 0.0, "epochs": 3})
+    steps = {}
+    for every in (1, 4, 10**9):
+        monkeypatch.setattr(loop, "DIVERGENCE_CHECK_STEPS", every)
+        with pytest.raises(DivergenceError) as e:
+            train(cfg, small)
+        steps[every] = e.value.step
+    per_epoch = 1000 // 100
+    assert steps[1] <= steps[4] < steps[1] + 4, steps  # caught within 4 steps
+    assert steps[10**9] % per_epoch == per_epoch - 1, steps  # at the end of an epoch
+    assert steps[10**9] >= steps[1]
+
+
 def test_pruning_exception_from_the_callback_stops_training(tiny_config, small):
     class Stop(Exception):
         pass

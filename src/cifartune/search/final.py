@@ -78,7 +78,7 @@ def train_final(defn: SearchDefinition, plan: FinalPlan, data: Dataset | None = 
             raise
         state.unlink(missing_ok=True)
         result = train(config, data, on_epoch=on_epoch, save_state_to=state)
-    test, _ = evaluate_model(result.model, data.test, data.classes, config, result.device)
+    test, _ = evaluate_model(result.inference, data.test, data.classes, config, result.device)
     metrics = write_run(folder, result, test, extra={
         "winner_trial": v.winner.number, "winner_is_baseline": is_baseline(v.winner),
         "winner_val_accuracy": v.winner.value,

@@ -147,7 +147,7 @@ class _Stage:
         result = train(config, data, on_epoch=on_epoch)
         self.spent += result.history[-1].epoch * share
         self.seconds += result.train_seconds
-        val, logits = evaluate_model(result.model, data.val, data.classes, config,
+        val, logits = evaluate_model(result.inference, data.val, data.classes, config,
                                      result.device)
         return result, val, logits.argmax(1) == data.val.y
 

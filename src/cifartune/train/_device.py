@@ -95,6 +95,16 @@ def keep_freed_memory() -> None:
     _ALLOCATOR_TUNED = True
 
 
+def prepare_backend(device: torch.device) -> None:
+    """Process-wide settings a training run wants on its device."""
+    if device.type == "cpu":
+        keep_freed_memory()
+    elif device.type == "cuda":
+        # Shapes are fixed within a run (one batch size, one image size), so cuDNN's one-off
+        # search for the fastest convolution algorithm per shape pays for itself at once.
+        torch.backends.cudnn.benchmark = True
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -25,17 +25,16 @@ from cifartune.data.loader import TrainBatches, as_float, to_device
 from cifartune.errors import DivergenceError
 from cifartune.models import Classifier, ModelStats, create_model, describe_model
 from cifartune.train._averaging import WeightAverage
-from cifartune.train._device import (
-    keep_freed_memory,
-    resolve_device,
-    resolve_dtype,
-    synchronize,
-)
+from cifartune.train._device import prepare_backend, resolve_device, resolve_dtype, synchronize
 from cifartune.train._state import read_state, restore_state, save_state, where
 from cifartune.train.evaluate import autocast, predict_logits
 from cifartune.train.optim import build_optimizers, l2_penalty, lr_factor, set_lr
 
 WHITEN_SAMPLE = 5000  # images used to estimate the patch covariance of the whitening layer
+# Optimizer steps between reads of the loss on the host. A read waits for every queued GPU
+# kernel, so reading each step stalls the GPU; divergence is still caught within this many
+# steps (and always at an epoch's end), before any weights are saved or reported.
+DIVERGENCE_CHECK_STEPS = 50
 
 
 @dataclass
@@ -63,6 +62,13 @@ class TrainResult:
     history: list[EpochReport] = field(default_factory=list)
     train_seconds: float = 0.0
     images_seen: int = 0
+    # The module to run inference with: `model` compiled when training was (same weights),
+    # so evaluation runs as training did. Not saved; a loaded checkpoint runs eager.
+    forward: torch.nn.Module | None = field(default=None, repr=False)
+
+    @property
+    def inference(self) -> torch.nn.Module:
+        return self.forward if self.forward is not None else self.model
 
     @property
     def images_per_second(self) -> float:
@@ -89,8 +95,7 @@ def train(config: Config, data: Dataset | None = None,
     data = data if data is not None else prepare_data(config.data)
     device = resolve_device(t.device)
     dtype = resolve_dtype(t.precision, device)
-    if device.type == "cpu":
-        keep_freed_memory()
+    prepare_backend(device)
     model = build_model(config, data, device)
     batches = TrainBatches(data.train, t.batch_size, config.augment, device, t.seed)
     model.init_from_data(as_float(batches.x[:WHITEN_SAMPLE]))
@@ -109,7 +114,7 @@ def train(config: Config, data: Dataset | None = None,
     total_steps = max(1, math.ceil(t.epochs * steps_per_epoch))
     n_epochs = math.ceil(total_steps / steps_per_epoch)
     stats = describe_model(config.model, data.num_classes)
-    result = TrainResult(model, config, data.classes, stats, device, dtype)
+    result = TrainResult(model, config, data.classes, stats, device, dtype, forward=forward)
     first_epoch = step = 0
     if resume:
         state = read_state(save_state_to)
@@ -123,6 +128,7 @@ def train(config: Config, data: Dataset | None = None,
         model.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
+        finite = torch.ones((), device=device, dtype=torch.bool)  # every loss so far finite
         seen = 0
         for x, y in batches.epoch(epoch):
             if step >= total_steps:
@@ -133,8 +139,9 @@ def train(config: Config, data: Dataset | None = None,
                 logits = forward(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=t.label_smoothing)
             loss = loss + l2_penalty(model, config.optim.l2)
-            if not math.isfinite(loss.item()):
-                raise DivergenceError(epoch, step, loss.item())
+            finite &= torch.isfinite(loss.detach())
+            if (step + 1) % DIVERGENCE_CHECK_STEPS == 0:
+                _check_finite(finite, loss, epoch, step)
             scaler.scale(loss).backward()
             for opt in opts:
                 scaler.step(opt)
@@ -146,14 +153,17 @@ def train(config: Config, data: Dataset | None = None,
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
             step += 1
+        _check_finite(finite, loss_sum, epoch, step - 1)  # the last step taken
         synchronize(device)
         seconds = time.perf_counter() - start
         result.train_seconds += seconds
         result.images_seen += seen
         acc = None
         if len(eval_y):  # the weights the run hands back: the averaged ones, if averaging
-            with average.averaged(model) if average else contextlib.nullcontext(model) as m:
-                logits = predict_logits(m, eval_x, tta=0, batch_size=t.eval_batch_size,
+            # `forward` (compiled, when training is) sees the averaged weights: they are
+            # swapped into `model`, the module it wraps.
+            with average.averaged(model) if average else contextlib.nullcontext():
+                logits = predict_logits(forward, eval_x, tta=0, batch_size=t.eval_batch_size,
                                         dtype=dtype, channels_last=t.channels_last)
             acc = float((logits.argmax(1) == eval_y.cpu()).float().mean())
         report = EpochReport(
@@ -172,3 +182,10 @@ def train(config: Config, data: Dataset | None = None,
     if average is not None:
         average.finalize(model)
     return result
+
+
+def _check_finite(finite: torch.Tensor, loss: torch.Tensor, epoch: int, step: int) -> None:
+    """Raise the typed divergence error if a loss since the epoch began was not finite (one
+    host read: it waits for the device)."""
+    if not bool(finite):
+        raise DivergenceError(epoch, step, float(loss))

@@ -209,10 +209,10 @@ def train_run(config: Config, out: Path, data: Dataset | None = None,
         start_run(out, config)
     state = out / TRAIN_STATE
     result = train(config, data, on_epoch=on_epoch, save_state_to=state, resume=resume)
-    test, _ = evaluate_model(result.model, data.test, data.classes, config, result.device)
+    test, _ = evaluate_model(result.inference, data.test, data.classes, config, result.device)
     val = None
     if data.val is not None:
-        val, _ = evaluate_model(result.model, data.val, data.classes, config, result.device)
+        val, _ = evaluate_model(result.inference, data.val, data.classes, config, result.device)
     metrics = write_run(out, result, test, val)
     state.unlink(missing_ok=True)  # the run is whole: nothing left to resume
     return Run(out, result, test, val, metrics)
