@@ -94,11 +94,11 @@ def tune(space: str | Path = "fast", *, preset: str | None = None,
          **settings: Any) -> optuna.Study:
     """Search hyperparameters, like `cifartune search`; returns the Optuna study (trial 0 is
     the baseline). `settings`: sampler, pruner, seed, n_trials, timeout, epoch_budget,
-    keep_top, workers, study, storage, as the command's options. `final` trains the winner
-    at the target into OUT/final; `report` writes OUT/report/index.html (also when the final
-    training cannot run, whose error is raised after it); `retry_oom` first queues again
-    the trials that ran out of memory. Calling it again with the same `out` (and the same
-    space and base) resumes the search."""
+    keep_top, workers, trials_per_gpu, study, storage, as the command's options. `final`
+    trains the winner at the target into OUT/final; `report` writes OUT/report/index.html
+    (also when the final training cannot run, whose error is raised after it); `retry_oom`
+    first queues again the trials that ran out of memory. Calling it again with the same
+    `out` (and the same space and base) resumes the search."""
     from cifartune.data import prepare_data
     from cifartune.search import SearchSettings, load_run_study, load_search, run_search
     from cifartune.search.prepare import check_settings, plan_search, resolve_search

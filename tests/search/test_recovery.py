@@ -10,6 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
 from cifartune.search import SearchSettings, runner, verdict
@@ -249,13 +250,17 @@ def test_no_private_optuna_api():
     assert not hits
 
 
-@pytest.mark.parametrize("error, oom", [
+@pytest.mark.parametrize("error, oom, advice", [
     (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB"),
-     True),
-    (MemoryError(), True),
-    (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), False),
+     True, "fewer --workers"),
+    (MemoryError(), True, "fewer --workers"),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a "
+                            "total capacity of 139.8 GiB of which 1.2 GiB is free."),
+     True, "lower --trials-per-gpu"),  # K trials share the GPU: fewer per GPU is the fix
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), False, "traceback"),
 ])
-def test_out_of_memory_is_its_own_failure_and_can_be_retried(monkeypatch, tmp_path, error, oom):
+def test_out_of_memory_is_its_own_failure_and_can_be_retried(monkeypatch, tmp_path, error, oom,
+                                                             advice):
     def run_trial(trial, defn, data):
         trial.suggest_float("x", 0, 1)
         raise error
@@ -270,6 +275,7 @@ def test_out_of_memory_is_its_own_failure_and_can_be_retried(monkeypatch, tmp_pa
     failed = study.get_trials()[0]
     assert failed.state == TrialState.FAIL
     assert ("out of memory" in fail_reason(failed)) == oom
+    assert advice in fail_reason(failed)
     assert count(study.get_trials()).out_of_memory == int(oom)
     assert retry_out_of_memory(study) == ([(0, True)] if oom else [])
     assert retry_out_of_memory(study) == []  # once

@@ -298,3 +298,16 @@ def test_rungs_are_not_judged_when_images_or_epochs_are_searched():
     """The base's epochs are not every trial's when epochs is searched."""
     space = parse_space(RUNGS + "[params.epochs]\ntype = 'int'\nlow = 2\nhigh = 8\n", "e")
     assert space.cheaper_rungs(apply(Config(), {"train.epochs": 4}), 45000) == (space, [])
+
+
+@pytest.mark.parametrize("limits, unbounded", [
+    ({}, True), ({"n_trials": 5}, False), ({"timeout": 60.0}, False),
+    ({"epoch_budget": 40.0}, False)])
+def test_the_plan_warns_of_a_search_without_limits_and_says_where_workers_run(
+        tmp_path, limits, unbounded):
+    from cifartune.search.prepare import plan_search
+
+    settings = SearchSettings(study="s", workers=2, **limits)
+    _, lines = plan_search(load_space("fast"), Config(), settings, tmp_path, 45000)
+    assert any(x.startswith("no limit on trials, time or epochs") for x in lines) == unbounded
+    assert any(x.startswith("workers: 2 worker(s) on ") for x in lines)

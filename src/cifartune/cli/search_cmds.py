@@ -70,8 +70,13 @@ def add_search_parser(sub) -> None:
                    "on many machines; default: RUN/study.journal")
     p.add_argument("--study", metavar="NAME", help="study name (default: the run folder's name)")
     p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="local worker processes (one per GPU; on CPU the cores are split "
-                   "between them)")
+                   help="local worker processes, each running one trial at a time. With "
+                   "GPUs: spread over the visible GPUs (CUDA_VISIBLE_DEVICES respected), at "
+                   "most --trials-per-gpu on each; on CPU the cores are split between them")
+    p.add_argument("--trials-per-gpu", type=int, default=1, metavar="K",
+                   help="workers that may share one GPU (default 1): small nets leave a big "
+                   "GPU idle, so K > 1 runs more trials per hour; lower it if trials run out "
+                   "of GPU memory. No effect without GPUs")
     p.add_argument("--seed", type=int, default=None, help="sampler seed: an uninterrupted "
                    "one-worker search draws the same trials again (default: none; each trial "
                    "is seeded by its number either way, so a resumed search, a restarted "
@@ -80,8 +85,8 @@ def add_search_parser(sub) -> None:
                    help="keep checkpoints of the best K trials only, and always the "
                    "winner's and the baseline's (default: keep all)")
     p.add_argument("--retry-oom", action="store_true", help="first run again the trials "
-                   "that ran out of memory (memory depends on the machine and on --workers, "
-                   "not only on the configuration: lower --workers first)")
+                   "that ran out of memory (memory depends on the machine, --workers and "
+                   "--trials-per-gpu, not only on the configuration: lower those first)")
     p.add_argument("--final", action="store_true", help="then train the winner at the "
                    "target (its epochs) on all training images and evaluate it on the test set")
     p.add_argument("--report", action="store_true", help="finally write the HTML report "
@@ -123,7 +128,7 @@ def _settings(args: argparse.Namespace, out: Path) -> SearchSettings:
                               sampler=args.sampler, pruner=args.pruner, seed=args.seed,
                               n_trials=args.n_trials, timeout=args.timeout,
                               epoch_budget=args.epoch_budget, keep_top=args.keep_top,
-                              workers=args.workers)
+                              workers=args.workers, trials_per_gpu=args.trials_per_gpu)
     check_settings(settings)
     return settings
 
@@ -178,8 +183,14 @@ def print_summary(out: Path, snap: Snapshot) -> None:
     for event in snap.events:  # what stopped the search short, if anything
         ui.out.print(event)
     if c.out_of_memory:
+        from cifartune.search.trial import ATTR_REASON
+
+        gpu = any("memory on the GPU" in str(t.user_attrs.get(ATTR_REASON, ""))
+                  for t in snap.trials)
+        fewer = "a lower --trials-per-gpu (fewer trials sharing each GPU)" if gpu else \
+            "fewer --workers"
         ui.out.print(f"{c.out_of_memory} trial(s) ran out of memory: rerun the same command with "
-                     "fewer --workers and --retry-oom to run them again")
+                     f"{fewer} and --retry-oom to run them again")
     if not c.complete:
         ui.out.print(f"no trial completed; see the fail reasons above and {out / 'workers'}")
         return

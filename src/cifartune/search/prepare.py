@@ -15,6 +15,7 @@ from typing import Any
 
 from cifartune.config import Config, apply, config_file_values, resolve_config
 from cifartune.errors import CifartuneError
+from cifartune.search.placement import plan_placement
 from cifartune.search.samplers import make_sampler
 from cifartune.search.space import SearchSpace, load_space
 from cifartune.search.study import SearchSettings
@@ -69,8 +70,10 @@ def check_settings(settings: SearchSettings) -> None:
     """Settings a search can run with (the messages name the command's options; the Python
     API's arguments have the same names with underscores). Called before the data loads, so
     a bad setting or a missing optional sampler package fails at once, before a download."""
-    if settings.workers < 1:
-        raise CifartuneError(f"--workers must be at least 1, got {settings.workers}")
+    if settings.workers < 1 or settings.trials_per_gpu < 1:
+        raise CifartuneError(f"--workers and --trials-per-gpu must be at least 1, got "
+                             f"{settings.workers} and {settings.trials_per_gpu}")
+    plan_placement(settings.workers, settings.trials_per_gpu)  # enough GPUs for them?
     if min(settings.n_trials, settings.timeout, settings.epoch_budget, settings.keep_top) < 0:
         raise CifartuneError("--n-trials, --timeout, --epoch-budget and --keep-top must be >= 0")
     make_sampler(settings.sampler, settings.seed)
@@ -84,6 +87,8 @@ def plan_search(space: SearchSpace, base: Config, settings: SearchSettings, out:
     lines = [] if settings.has_limit() else [
         "no limit on trials, time or epochs: searching until interrupted (Ctrl-C; the same "
         "search, run again, resumes)"]
+    lines.append("workers: " + plan_placement(settings.workers,
+                                              settings.trials_per_gpu).describe())
     return space, lines + describe_search(space, base, settings, out, train_images) + notes
 
 

@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial
 
 from cifartune.config import Config
 from cifartune.search import _budget, _recovery
+from cifartune.search.placement import plan_placement
 from cifartune.search.space import SearchSpace
 from cifartune.search.study import SearchSettings, create_or_open_study, save_search
 from cifartune.search.trial import ATTR_QUEUED, ATTR_ROLE, ROLE_BASELINE, is_baseline
@@ -111,18 +112,11 @@ class _Workers:
         self.procs: list[subprocess.Popen | None] = [None] * settings.workers
         self.restarts = [0] * settings.workers
         self.recovery_waiting: int | None = None  # queued trials at the last recovery start
+        self.placement = plan_placement(settings.workers, settings.trials_per_gpu)
         (run_dir / "workers").mkdir(parents=True, exist_ok=True)
 
     def _env(self, index: int) -> dict:
-        env = dict(os.environ)
-        n = self.settings.workers
-        # Split the CPU cores this process may use (taskset/affinity respected) between
-        # workers; with GPUs, one GPU per worker.
-        env["CIFARTUNE_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // n))
-        gpus = _gpu_count()
-        if gpus and "CUDA_VISIBLE_DEVICES" not in os.environ:
-            env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
-        return env
+        return {**os.environ, **self.placement.env(index)}
 
     def log(self, index: int) -> Path:
         return self.run_dir / "workers" / f"worker-{index}.log"
@@ -181,14 +175,6 @@ class _Workers:
 def _last_line(path: Path) -> str:
     lines = [x for x in path.read_text(errors="replace").splitlines() if x.strip()]
     return lines[-1] if lines else f"see {path}"
-
-
-def _gpu_count() -> int:
-    try:
-        import torch
-        return torch.cuda.device_count() if torch.cuda.is_available() else 0
-    except Exception:  # noqa: BLE001
-        return 0
 
 
 def run_search(run_dir: Path, space: SearchSpace, base: Config, settings: SearchSettings,

@@ -43,6 +43,7 @@ class SearchSettings:
     epoch_budget: float = 0.0  # total training epochs over all trials; 0 = no limit
     keep_top: int = 0  # keep checkpoints of the best K trials only; 0 = keep all
     workers: int = 1
+    trials_per_gpu: int = 1  # workers sharing one GPU (see placement)
 
     def has_limit(self) -> bool:
         return bool(self.n_trials or self.timeout or self.epoch_budget)

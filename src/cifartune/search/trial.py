@@ -34,6 +34,7 @@ ATTR_EPOCHS = "epochs_done"  # training spent so far, in epochs of the target's 
 ATTR_VAL_CURVE = "val_curve"  # per-epoch validation accuracy (no TTA) of the latest stage
 ATTR_SECONDS = "train_seconds"
 ATTR_REASON = "fail_reason"
+ATTR_GPU_MB = "gpu_peak_mb"  # the GPU memory the trial reserved at most, MiB
 ATTR_FAIL_KIND = "fail_kind"  # KIND_OOM: failures the user may retry (--retry-oom)
 ATTR_RETRY_OF = "retry_of"
 ATTR_RETRY_WHY = "retry_reason"  # on a retry: why its original was queued again

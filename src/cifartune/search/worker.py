@@ -34,6 +34,7 @@ from cifartune.search.results import prune_checkpoints
 from cifartune.search.study import SearchDefinition, load_search, open_study
 from cifartune.search.trial import (
     ATTR_FAIL_KIND,
+    ATTR_GPU_MB,
     ATTR_HEARTBEAT,
     ATTR_REASON,
     ATTR_RSS,
@@ -127,11 +128,18 @@ def _outcome(trial: optuna.Trial, defn: SearchDefinition, data: TrialData) -> Ou
         if isinstance(e, RuntimeError) and not _is_oom(e):
             return _crashed(trial, defn, e)
         # Memory is the machine's (and the other workers') as much as the configuration's.
-        return Outcome(TrialState.FAIL, kind=KIND_OOM, reason=(
-            "out of memory: rerun with fewer --workers and --retry-oom to try it again (or "
-            "lower batch_size or the model size)"))
+        return Outcome(TrialState.FAIL, kind=KIND_OOM, reason=_oom_reason(e, defn))
     except Exception as e:  # noqa: BLE001 - any bug in one trial must not stop the search
         return _crashed(trial, defn, e)
+
+
+def _oom_reason(e: BaseException, defn: SearchDefinition) -> str:
+    if isinstance(e, torch.OutOfMemoryError) and "cuda" in str(e).lower():
+        return (f"out of memory on the GPU ({defn.settings.trials_per_gpu} trial(s) per GPU): "
+                "rerun with a lower --trials-per-gpu and --retry-oom to try it again (or "
+                "lower batch_size or the model size)")
+    return ("out of memory: rerun with fewer --workers and --retry-oom to try it again (or "
+            "lower batch_size or the model size)")
 
 
 def _is_oom(e: RuntimeError) -> bool:
@@ -188,6 +196,8 @@ def run_one(study: optuna.Study, trial: optuna.Trial, defn: SearchDefinition, da
                 _record(study, trial, outcome)
         raise
     gc.collect()  # free the model and optimizer state before the next trial
+    if torch.cuda.is_initialized():  # and give the GPU memory back, for the workers sharing it
+        torch.cuda.empty_cache()
     if defn.settings.keep_top:
         prune_checkpoints(defn.run_dir, study.get_trials(deepcopy=False), defn.settings.keep_top)
 
@@ -195,6 +205,9 @@ def run_one(study: optuna.Study, trial: optuna.Trial, defn: SearchDefinition, da
 def _record(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> None:
     try:
         trial.set_user_attr(ATTR_RSS, round(_rss_mb(), 1))
+        if torch.cuda.is_initialized():  # what K trials sharing a GPU each need of it
+            trial.set_user_attr(ATTR_GPU_MB, round(torch.cuda.max_memory_reserved() / 2**20, 1))
+            torch.cuda.reset_peak_memory_stats()
         if outcome.reason:
             trial.set_user_attr(ATTR_REASON, outcome.reason[:2000])
         if outcome.kind:
