@@ -152,14 +152,28 @@ def test_compiled_training_matches_eager(tiny_config, small, monkeypatch):
     compiled_models = []
     real_compile = torch.compile
 
+    class Recording(torch.nn.Module):  # the compiled module, noting each call's mode
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner, self.modes = inner, []
+
+        def forward(self, x):
+            self.modes.append("train" if self.training else "eval")
+            return self.inner(x)
+
     def compile_(model, *args, **kwargs):
-        compiled_models.append(model)
-        return real_compile(model, *args, **kwargs)
+        compiled_models.append(Recording(real_compile(model, *args, **kwargs)))
+        return compiled_models[-1]
 
     monkeypatch.setattr(torch, "compile", compile_)
-    compiled = train(apply(cfg, {"compile": True}), limit(small, train=300)).history[-1]
+    result = train(apply(cfg, {"compile": True}), limit(small, train=300))
+    compiled = result.history[-1]
     assert len(compiled_models) == 1  # the option reached torch.compile
     assert compiled.train_loss == pytest.approx(eager.train_loss, rel=1e-3)
+    # the per-epoch evaluation ran through the compiled module too, and so will the final one
+    assert set(compiled_models[0].modes) == {"train", "eval"}
+    assert result.inference is compiled_models[0]
+    assert compiled.eval_accuracy == pytest.approx(eager.eval_accuracy, abs=0.01)
 
 
 def test_a_run_does_not_depend_on_cached_model_statistics(tiny_config, small):

@@ -25,7 +25,7 @@ class DivergenceError(CifartuneError):
 
     def __init__(self, epoch: int, step: int, loss: float) -> None:
         super().__init__(
-            f"training diverged: the loss was {loss} by epoch {epoch + 1}, step {step}; "
+            f"training diverged: the loss became {loss} by epoch {epoch + 1}, step {step}; "
             "lower the learning rate (--set lr=...) or use precision=fp32"
         )
         self.epoch = epoch

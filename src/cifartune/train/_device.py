@@ -100,8 +100,9 @@ def prepare_backend(device: torch.device) -> None:
     if device.type == "cpu":
         keep_freed_memory()
     elif device.type == "cuda":
-        # Shapes are fixed within a run (one batch size, one image size), so cuDNN's one-off
-        # search for the fastest convolution algorithm per shape pays for itself at once.
+        # A run sees a handful of input shapes (its training batch, the evaluation batches,
+        # a last partial batch), each thousands of times: cuDNN's one-off search for the
+        # fastest convolution algorithm per shape pays for itself at once.
         torch.backends.cudnn.benchmark = True
 
 

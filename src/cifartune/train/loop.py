@@ -33,7 +33,8 @@ from cifartune.train.optim import build_optimizers, l2_penalty, lr_factor, set_l
 WHITEN_SAMPLE = 5000  # images used to estimate the patch covariance of the whitening layer
 # Optimizer steps between reads of the loss on the host. A read waits for every queued GPU
 # kernel, so reading each step stalls the GPU; divergence is still caught within this many
-# steps (and always at an epoch's end), before any weights are saved or reported.
+# steps (and always at an epoch's end), before any weights are saved or reported. (With
+# fp16, on GPUs before Ampere, GradScaler still reads its overflow flag every step.)
 DIVERGENCE_CHECK_STEPS = 50
 
 
@@ -128,7 +129,6 @@ def train(config: Config, data: Dataset | None = None,
         model.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
-        finite = torch.ones((), device=device, dtype=torch.bool)  # every loss so far finite
         seen = 0
         for x, y in batches.epoch(epoch):
             if step >= total_steps:
@@ -139,9 +139,6 @@ def train(config: Config, data: Dataset | None = None,
                 logits = forward(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=t.label_smoothing)
             loss = loss + l2_penalty(model, config.optim.l2)
-            finite &= torch.isfinite(loss.detach())
-            if (step + 1) % DIVERGENCE_CHECK_STEPS == 0:
-                _check_finite(finite, loss, epoch, step)
             scaler.scale(loss).backward()
             for opt in opts:
                 scaler.step(opt)
@@ -149,11 +146,13 @@ def train(config: Config, data: Dataset | None = None,
             model.zero_grad(set_to_none=True)
             if average is not None:
                 average.update(model, step)
-            loss_sum += loss.detach() * len(y)
+            loss_sum += loss.detach() * len(y)  # a non-finite loss stays in the sum
+            if (step + 1) % DIVERGENCE_CHECK_STEPS == 0:
+                _check_finite(loss_sum, epoch, step)
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
             step += 1
-        _check_finite(finite, loss_sum, epoch, step - 1)  # the last step taken
+        _check_finite(loss_sum, epoch, step - 1)  # the last step taken
         synchronize(device)
         seconds = time.perf_counter() - start
         result.train_seconds += seconds
@@ -184,8 +183,9 @@ def train(config: Config, data: Dataset | None = None,
     return result
 
 
-def _check_finite(finite: torch.Tensor, loss: torch.Tensor, epoch: int, step: int) -> None:
+def _check_finite(loss_sum: torch.Tensor, epoch: int, step: int) -> None:
     """Raise the typed divergence error if a loss since the epoch began was not finite (one
     host read: it waits for the device)."""
-    if not bool(finite):
-        raise DivergenceError(epoch, step, float(loss))
+    total = float(loss_sum)
+    if not math.isfinite(total):
+        raise DivergenceError(epoch, step, total)
