@@ -101,6 +101,7 @@ def tune(space: str | Path = "fast", *, preset: str | None = None,
     `out` (and the same space and base) resumes the search."""
     from cifartune.data import prepare_data
     from cifartune.search import SearchSettings, load_run_study, load_search, run_search
+    from cifartune.search.placement import default_workers
     from cifartune.search.prepare import check_settings, plan_search, resolve_search
     from cifartune.train.run import default_run_folder
 
@@ -111,7 +112,8 @@ def tune(space: str | Path = "fast", *, preset: str | None = None,
                           f"{', '.join(sorted(known - {'study'}))} or study")
     sp, base = resolve_search(space, preset, _files(config), overrides, data)
     folder = Path(out) if out is not None else default_run_folder("search")
-    s = SearchSettings(**{"study": folder.resolve().name, **settings})
+    workers = default_workers(settings.get("trials_per_gpu", 1))  # as the command's default
+    s = SearchSettings(**{"study": folder.resolve().name, "workers": workers, **settings})
     check_settings(s)
     n_train = len(prepare_data(sp.trial_config(base, {}).data).train)
     sp, lines = plan_search(sp, base, s, folder, n_train)

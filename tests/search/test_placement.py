@@ -8,7 +8,13 @@ import pytest
 
 from cifartune.errors import CifartuneError
 from cifartune.search import SearchSettings, runner
-from cifartune.search.placement import Placement, place_workers, visible_gpus
+from cifartune.search.placement import (
+    GPU_SHARERS,
+    Placement,
+    default_workers,
+    place_workers,
+    visible_gpus,
+)
 from cifartune.search.prepare import check_settings
 
 
@@ -39,6 +45,9 @@ def test_workers_are_spread_over_the_visible_gpus(workers, gpus, per_gpu, expect
     assert all(expected.count(g) <= per_gpu for g in gpus)
     envs = [p.env(i) for i in range(workers)]
     assert [e.get("CUDA_VISIBLE_DEVICES") for e in envs] == expected
+    # each worker knows how many share its GPU (its out-of-memory advice names that)
+    assert [e.get(GPU_SHARERS) for e in envs] == [
+        None if g is None else str(expected.count(g)) for g in expected]
     assert {e["CIFARTUNE_THREADS"] for e in envs} == {str(16 // workers)}
 
 
@@ -67,6 +76,15 @@ def test_the_search_checks_placement_before_it_starts(monkeypatch):
         check_settings(SearchSettings(study="s", workers=4))
     with pytest.raises(CifartuneError, match="at least 1"):
         check_settings(SearchSettings(study="s", trials_per_gpu=0))
+
+
+@pytest.mark.parametrize("gpus, per_gpu, expected", [
+    ([], 4, 1), (["0"], 4, 4), (["2", "3"], 2, 4)])
+def test_without_workers_given_each_visible_gpu_gets_k(monkeypatch, gpus, per_gpu, expected):
+    from cifartune.search import placement
+
+    monkeypatch.setattr(placement, "visible_gpus", lambda environ=None, count=None: gpus)
+    assert default_workers(per_gpu) == expected
 
 
 def test_worker_processes_get_their_placement(monkeypatch, tmp_path):

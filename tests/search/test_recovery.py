@@ -24,8 +24,9 @@ from cifartune.search._recovery import (
     requeue,
     retry_out_of_memory,
 )
+from cifartune.search.placement import GPU_SHARERS
 from cifartune.search.study import SearchDefinition
-from cifartune.search.trial import fail_reason
+from cifartune.search.trial import fail_reason, out_of_memory_advice
 
 X = {"x": optuna.distributions.FloatDistribution(0, 1)}
 SRC = Path(__file__).resolve().parents[2] / "src" / "cifartune"
@@ -250,22 +251,32 @@ def test_no_private_optuna_api():
     assert not hits
 
 
-@pytest.mark.parametrize("error, oom, advice", [
+CUDA_OOM = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has "
+                                   "a total capacity of 139.8 GiB of which 1.2 GiB is free.")
+
+
+@pytest.mark.parametrize("error, sharing, oom, advice, summary", [
     (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB"),
-     True, "fewer --workers"),
-    (MemoryError(), True, "fewer --workers"),
-    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a "
-                            "total capacity of 139.8 GiB of which 1.2 GiB is free."),
-     True, "lower --trials-per-gpu"),  # K trials share the GPU: fewer per GPU is the fix
-    (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), False, "traceback"),
+     None, True, "fewer --workers", "fewer --workers"),
+    (MemoryError(), None, True, "fewer --workers", "fewer --workers"),
+    # 4 trials share the GPU: 3 per GPU is the advice; alone on it, only a smaller trial helps
+    (CUDA_OOM, "4", True, "--trials-per-gpu 3", "fewer trials per GPU"),
+    (CUDA_OOM, "1", True, "alone on it: lower batch_size", "fewer trials per GPU"),
+    (RuntimeError("CUDA error: out of memory"), "2", True, "--trials-per-gpu 1",
+     "fewer trials per GPU"),  # a CUDA context that cannot be created
+    (RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"), "2",
+     True, "--trials-per-gpu 1", "fewer trials per GPU"),
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), None, False, "traceback", ""),
 ])
-def test_out_of_memory_is_its_own_failure_and_can_be_retried(monkeypatch, tmp_path, error, oom,
-                                                             advice):
+def test_out_of_memory_is_its_own_failure_and_can_be_retried(monkeypatch, tmp_path, error,
+                                                             sharing, oom, advice, summary):
     def run_trial(trial, defn, data):
         trial.suggest_float("x", 0, 1)
         raise error
 
     monkeypatch.setattr(worker_mod, "run_trial", run_trial)
+    if sharing:
+        monkeypatch.setenv(GPU_SHARERS, sharing)  # what the runner's placement sets
     study = optuna.create_study(direction="maximize")
     trial = study.ask()
     defn = SearchDefinition(tmp_path, None, None, SearchSettings(study="s"))
@@ -276,6 +287,8 @@ def test_out_of_memory_is_its_own_failure_and_can_be_retried(monkeypatch, tmp_pa
     assert failed.state == TrialState.FAIL
     assert ("out of memory" in fail_reason(failed)) == oom
     assert advice in fail_reason(failed)
+    if oom:
+        assert summary in out_of_memory_advice(study.get_trials())
     assert count(study.get_trials()).out_of_memory == int(oom)
     assert retry_out_of_memory(study) == ([(0, True)] if oom else [])
     assert retry_out_of_memory(study) == []  # once
@@ -295,3 +308,28 @@ def test_a_worker_killed_by_sigkill_is_named_as_likely_out_of_memory():
     assert "out-of-memory killer" in exit_text(-signal.SIGKILL)
     assert exit_text(-signal.SIGSEGV) == "was killed by SIGSEGV"
     assert exit_text(1) == "exited with code 1"
+
+
+def test_a_worker_on_a_gpu_measures_each_trial_and_then_returns_its_memory(monkeypatch,
+                                                                           tmp_path):
+    """Each trial's GPU peak is its own (reset before it starts), and the cached memory goes
+    back to the GPU after it, for the workers sharing that GPU."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: calls.append("reset"))
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda: 3 * 2**30)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty"))
+
+    def run_trial(trial, defn, data):
+        calls.append("trial")
+        return trial.suggest_float("x", 0, 1)
+
+    monkeypatch.setattr(worker_mod, "run_trial", run_trial)
+    study = optuna.create_study(direction="maximize")
+    defn = SearchDefinition(tmp_path, None, None, SearchSettings(study="s"))
+    heartbeat = worker_mod.Heartbeat()
+    for _ in range(2):
+        worker_mod.run_one(study, study.ask(), defn, None, heartbeat)
+    heartbeat.close()
+    assert calls == ["reset", "trial", "empty"] * 2
+    assert [t.user_attrs["gpu_peak_mb"] for t in study.get_trials()] == [3072.0, 3072.0]

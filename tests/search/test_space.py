@@ -304,10 +304,13 @@ def test_rungs_are_not_judged_when_images_or_epochs_are_searched():
     ({}, True), ({"n_trials": 5}, False), ({"timeout": 60.0}, False),
     ({"epoch_budget": 40.0}, False)])
 def test_the_plan_warns_of_a_search_without_limits_and_says_where_workers_run(
-        tmp_path, limits, unbounded):
+        tmp_path, monkeypatch, limits, unbounded):
+    from cifartune.search import placement
     from cifartune.search.prepare import plan_search
+
+    monkeypatch.setattr(placement, "visible_gpus", lambda environ=None, count=None: [])
 
     settings = SearchSettings(study="s", workers=2, **limits)
     _, lines = plan_search(load_space("fast"), Config(), settings, tmp_path, 45000)
     assert any(x.startswith("no limit on trials, time or epochs") for x in lines) == unbounded
-    assert any(x.startswith("workers: 2 worker(s) on ") for x in lines)
+    assert any(x.startswith("workers: 2 worker(s) on the CPU, ") for x in lines)

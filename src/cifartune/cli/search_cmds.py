@@ -69,14 +69,15 @@ def add_search_parser(sub) -> None:
                    help="database URL (e.g. postgresql://...) for a study shared by workers "
                    "on many machines; default: RUN/study.journal")
     p.add_argument("--study", metavar="NAME", help="study name (default: the run folder's name)")
-    p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="local worker processes, each running one trial at a time. With "
-                   "GPUs: spread over the visible GPUs (CUDA_VISIBLE_DEVICES respected), at "
-                   "most --trials-per-gpu on each; on CPU the cores are split between them")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="local worker processes, each running one trial at a time (default: "
+                   "--trials-per-gpu on each visible GPU; 1 without GPUs). With GPUs they are "
+                   "spread over the visible GPUs (CUDA_VISIBLE_DEVICES respected), at most "
+                   "--trials-per-gpu on each; on CPU the cores are split between them")
     p.add_argument("--trials-per-gpu", type=int, default=1, metavar="K",
-                   help="workers that may share one GPU (default 1): small nets leave a big "
-                   "GPU idle, so K > 1 runs more trials per hour; lower it if trials run out "
-                   "of GPU memory. No effect without GPUs")
+                   help="trials that may run at once on one GPU (default 1): small nets leave "
+                   "a big GPU idle, so K > 1 runs more trials per hour; lower it if trials "
+                   "run out of GPU memory. No effect without GPUs")
     p.add_argument("--seed", type=int, default=None, help="sampler seed: an uninterrupted "
                    "one-worker search draws the same trials again (default: none; each trial "
                    "is seeded by its number either way, so a resumed search, a restarted "
@@ -122,13 +123,16 @@ def add_search_parser(sub) -> None:
 
 def _settings(args: argparse.Namespace, out: Path) -> SearchSettings:
     from cifartune.search import SearchSettings
+    from cifartune.search.placement import default_workers
     from cifartune.search.prepare import check_settings
 
     settings = SearchSettings(study=args.study or out.resolve().name, storage=args.storage,
                               sampler=args.sampler, pruner=args.pruner, seed=args.seed,
                               n_trials=args.n_trials, timeout=args.timeout,
                               epoch_budget=args.epoch_budget, keep_top=args.keep_top,
-                              workers=args.workers, trials_per_gpu=args.trials_per_gpu)
+                              workers=args.workers if args.workers is not None
+                              else default_workers(args.trials_per_gpu),
+                              trials_per_gpu=args.trials_per_gpu)
     check_settings(settings)
     return settings
 
@@ -183,14 +187,10 @@ def print_summary(out: Path, snap: Snapshot) -> None:
     for event in snap.events:  # what stopped the search short, if anything
         ui.out.print(event)
     if c.out_of_memory:
-        from cifartune.search.trial import ATTR_REASON
+        from cifartune.search.trial import out_of_memory_advice
 
-        gpu = any("memory on the GPU" in str(t.user_attrs.get(ATTR_REASON, ""))
-                  for t in snap.trials)
-        fewer = "a lower --trials-per-gpu (fewer trials sharing each GPU)" if gpu else \
-            "fewer --workers"
         ui.out.print(f"{c.out_of_memory} trial(s) ran out of memory: rerun the same command with "
-                     f"{fewer} and --retry-oom to run them again")
+                     f"{out_of_memory_advice(snap.trials)} and --retry-oom to run them again")
     if not c.complete:
         ui.out.print(f"no trial completed; see the fail reasons above and {out / 'workers'}")
         return

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from cifartune.errors import CifartuneError
 
+GPU_SHARERS = "CIFARTUNE_GPU_SHARERS"  # a worker's env: how many workers share its GPU
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -26,8 +28,9 @@ class Placement:
     def env(self, index: int) -> dict[str, str]:
         """What worker `index` adds to its environment."""
         env = {"CIFARTUNE_THREADS": str(self.threads)}
-        if self.gpus[index] is not None:
-            env["CUDA_VISIBLE_DEVICES"] = self.gpus[index]
+        gpu = self.gpus[index]
+        if gpu is not None:
+            env |= {"CUDA_VISIBLE_DEVICES": gpu, GPU_SHARERS: str(self.gpus.count(gpu))}
         return env
 
     def describe(self) -> str:
@@ -67,6 +70,11 @@ def place_workers(workers: int, gpus: list[str], per_gpu: int, cpus: int) -> Pla
             f"({','.join(gpus)}): use --trials-per-gpu {need} to run {need} trials on each, "
             f"or at most --workers {len(gpus) * per_gpu}")
     return Placement([gpus[i % len(gpus)] for i in range(workers)], threads)
+
+
+def default_workers(per_gpu: int) -> int:
+    """`--workers` when not given: `per_gpu` on each visible GPU; 1 without GPUs."""
+    return len(visible_gpus()) * per_gpu or 1
 
 
 def plan_placement(workers: int, per_gpu: int) -> Placement:

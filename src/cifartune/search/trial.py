@@ -36,6 +36,7 @@ ATTR_SECONDS = "train_seconds"
 ATTR_REASON = "fail_reason"
 ATTR_GPU_MB = "gpu_peak_mb"  # the GPU memory the trial reserved at most, MiB
 ATTR_FAIL_KIND = "fail_kind"  # KIND_OOM: failures the user may retry (--retry-oom)
+ATTR_OOM_ON = "oom_on"  # with KIND_OOM: "gpu" or "cpu", whose memory ran out
 ATTR_RETRY_OF = "retry_of"
 ATTR_RETRY_WHY = "retry_reason"  # on a retry: why its original was queued again
 ATTR_QUEUED = "queued_params"  # on a queued trial: its parameters (kept if it dies unsampled)
@@ -47,6 +48,16 @@ ATTR_RUNG_SCORES = "rung_scores"  # validation accuracy (TTA) at each cheap rung
 ATTR_VAL_CORRECT = "val_correct"  # which validation images the target model got right
 ROLE_BASELINE = "baseline"
 KIND_OOM = "out_of_memory"
+
+
+def out_of_memory_advice(trials: list[optuna.trial.FrozenTrial]) -> str:
+    """What to change before `--retry-oom` runs the trials that ran out of memory again."""
+    gpu = any(t.user_attrs.get(ATTR_OOM_ON) == "gpu" for t in trials
+              if t.user_attrs.get(ATTR_FAIL_KIND) == KIND_OOM)
+    if gpu:
+        return ("fewer trials per GPU (a lower --trials-per-gpu, and --workers left out or at "
+                "most the GPUs times it)")
+    return "fewer --workers"
 
 
 def val_curve(t: optuna.trial.FrozenTrial) -> list[float]:

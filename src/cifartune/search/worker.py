@@ -30,12 +30,14 @@ from cifartune.errors import CifartuneError, DivergenceError
 from cifartune.search import _budget
 from cifartune.search._budget import EXIT_USER_ERROR
 from cifartune.search._recovery import machine_id, requeue
+from cifartune.search.placement import GPU_SHARERS
 from cifartune.search.results import prune_checkpoints
 from cifartune.search.study import SearchDefinition, load_search, open_study
 from cifartune.search.trial import (
     ATTR_FAIL_KIND,
     ATTR_GPU_MB,
     ATTR_HEARTBEAT,
+    ATTR_OOM_ON,
     ATTR_REASON,
     ATTR_RSS,
     ATTR_WORKER,
@@ -114,6 +116,7 @@ class Outcome(NamedTuple):
     value: float | None = None
     reason: str = ""  # why it failed
     kind: str = ""  # KIND_OOM: a failure the user may retry (--retry-oom)
+    oom_on: str = ""  # with KIND_OOM: "gpu" or "cpu"
 
 
 def _outcome(trial: optuna.Trial, defn: SearchDefinition, data: TrialData) -> Outcome:
@@ -128,24 +131,41 @@ def _outcome(trial: optuna.Trial, defn: SearchDefinition, data: TrialData) -> Ou
         if isinstance(e, RuntimeError) and not _is_oom(e):
             return _crashed(trial, defn, e)
         # Memory is the machine's (and the other workers') as much as the configuration's.
-        return Outcome(TrialState.FAIL, kind=KIND_OOM, reason=_oom_reason(e, defn))
+        gpu = _is_gpu_oom(e)
+        return Outcome(TrialState.FAIL, kind=KIND_OOM, reason=_oom_reason(gpu),
+                       oom_on="gpu" if gpu else "cpu")
     except Exception as e:  # noqa: BLE001 - any bug in one trial must not stop the search
         return _crashed(trial, defn, e)
 
 
-def _oom_reason(e: BaseException, defn: SearchDefinition) -> str:
-    if isinstance(e, torch.OutOfMemoryError) and "cuda" in str(e).lower():
-        return (f"out of memory on the GPU ({defn.settings.trials_per_gpu} trial(s) per GPU): "
-                "rerun with a lower --trials-per-gpu and --retry-oom to try it again (or "
-                "lower batch_size or the model size)")
-    return ("out of memory: rerun with fewer --workers and --retry-oom to try it again (or "
-            "lower batch_size or the model size)")
+# How CUDA libraries report an exhausted GPU other than torch.OutOfMemoryError (a context
+# or cuBLAS/cuDNN workspace that cannot be created: likely when K workers share the GPU).
+_GPU_OOM_TEXTS = ("cuda out of memory", "cuda error: out of memory",
+                  "cublas_status_alloc_failed", "cudnn_status_not_enough_memory",
+                  "cudnn_status_alloc_failed")
+
+
+def _is_gpu_oom(e: BaseException) -> bool:
+    return any(t in str(e).lower() for t in _GPU_OOM_TEXTS)
+
+
+def _oom_reason(gpu: bool) -> str:
+    if not gpu:
+        return ("out of memory: rerun with fewer --workers and --retry-oom to try it again "
+                "(or lower batch_size or the model size)")
+    sharing = int(os.environ.get(GPU_SHARERS, "1"))  # set by the runner's placement
+    if sharing <= 1:
+        return "out of memory on the GPU, alone on it: lower batch_size or the model size"
+    return (f"out of memory on the GPU, shared with {sharing - 1} other trial(s): rerun with "
+            f"--trials-per-gpu {sharing - 1} (and --workers left out, or at most the GPUs "
+            f"times {sharing - 1}) and --retry-oom to try it again")
 
 
 def _is_oom(e: RuntimeError) -> bool:
-    """The CPU allocator raises a plain RuntimeError when it cannot allocate."""
+    """The CPU allocator raises a plain RuntimeError when it cannot allocate; so do some
+    CUDA libraries."""
     text = str(e).lower()
-    return "can't allocate memory" in text or "out of memory" in text
+    return "can't allocate memory" in text or "out of memory" in text or _is_gpu_oom(e)
 
 
 def _crashed(trial: optuna.Trial, defn: SearchDefinition, e: Exception) -> Outcome:
@@ -177,6 +197,8 @@ def next_trial(study: optuna.Study, defn: SearchDefinition,
 def run_one(study: optuna.Study, trial: optuna.Trial, defn: SearchDefinition, data: TrialData,
             heartbeat: Heartbeat) -> None:
     heartbeat.watch(trial)
+    if torch.cuda.is_initialized():  # this trial's own peak (the last one's memory is freed)
+        torch.cuda.reset_peak_memory_stats()
     outcome: Outcome | None = None
     recorded = False
     try:
@@ -207,11 +229,12 @@ def _record(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> None:
         trial.set_user_attr(ATTR_RSS, round(_rss_mb(), 1))
         if torch.cuda.is_initialized():  # what K trials sharing a GPU each need of it
             trial.set_user_attr(ATTR_GPU_MB, round(torch.cuda.max_memory_reserved() / 2**20, 1))
-            torch.cuda.reset_peak_memory_stats()
         if outcome.reason:
             trial.set_user_attr(ATTR_REASON, outcome.reason[:2000])
         if outcome.kind:
             trial.set_user_attr(ATTR_FAIL_KIND, outcome.kind)
+        if outcome.oom_on:
+            trial.set_user_attr(ATTR_OOM_ON, outcome.oom_on)
         study.tell(trial, outcome.value, state=outcome.state, skip_if_finished=True)
     except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
         pass  # another process judged this trial's worker dead and failed it meanwhile
