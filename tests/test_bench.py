@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .conftest import REPO
 from .search.conftest import TINY_SPACE
 
@@ -233,3 +235,51 @@ def test_side_by_side_compares_times_only_within_one_boot_over_shared_seeds(monk
     # boot a: seed 0 only (the peer never ran seed 1 there); boot b shares no seed; c has
     # no run of ours
     assert len(lines) == 1 and "seeds [0]" in lines[0] and "= 0.50x" in lines[0]
+
+
+def test_device_check_smoke_runs_every_part_on_the_cpu(tmp_path, small_root):
+    out = tmp_path / "check.json"
+    r = bench("device_check.py", "--smoke", "--data", str(small_root), "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    for mode, seeds in (("eager", [0, 1]), ("compiled", [0])):  # smoke: one cold compile
+        runs = res["fast"][mode]["runs"]
+        assert [x["seed"] for x in runs] == seeds
+        assert all(0 < x["lossless"] <= 1 and 0 < x["train_seconds"] < x["wall_seconds"]
+                   and x["tflops"] > 0 for x in runs)
+    assert isinstance(res["fast"]["compile_helps"], bool)
+    assert [x["k"] for x in res["search"]] == [1, 2]
+    assert all(x["complete"] == x["k"] and x["trials_per_hour"] > 0 for x in res["search"])
+    assert res["seed"]["epochs_run"] == 2 and 0 < res["seed"]["lossless"] <= 1
+    for line in ("(a) fast, eager", "(a) fast, compiled", "compile, cold, whole runs",
+                 "(c) search, K=2", "(b) seed"):
+        assert line in r.stdout
+
+
+def test_device_data_travels_in_parts_and_is_checked_on_arrival(tmp_path, small_root,
+                                                               monkeypatch):
+    import hashlib
+
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import device_check
+
+    data = tmp_path / "data"
+    data.mkdir()
+    sums = []
+    for name in ("train.npz", "test.npz"):
+        blob = (small_root / name).read_bytes()
+        (data / name).write_bytes(blob)
+        sums.append(f"{hashlib.sha256(blob).hexdigest()}  {name}")
+    (data / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+    monkeypatch.setattr(device_check, "PART_BYTES", 1_000_000)
+    parts = device_check.pack(data, tmp_path / "parts")
+    assert len(parts) > 2 and all(p.stat().st_size <= 1_000_000 for p in parts)
+    device_check.unpack(tmp_path / "parts", tmp_path / "there")
+    for name in ("train.npz", "test.npz"):
+        assert (tmp_path / "there" / name).read_bytes() == (data / name).read_bytes()
+    parts[1].write_bytes(parts[1].read_bytes()[:-1] + b"x")  # damaged on the way
+    with pytest.raises(device_check.CheckError, match="checksum"):
+        device_check.unpack(tmp_path / "parts", tmp_path / "again")
+    parts[1].unlink()  # one missing
+    with pytest.raises(device_check.CheckError, match="parts missing"):
+        device_check.unpack(tmp_path / "parts", tmp_path / "again")
