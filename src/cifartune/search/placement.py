@@ -58,7 +58,8 @@ def visible_gpus(environ: Mapping[str, str] | None = None, count: int | None = N
 def place_workers(workers: int, gpus: list[str], per_gpu: int, cpus: int) -> Placement:
     """Worker i gets gpus[i % len(gpus)]; at most `per_gpu` workers share one GPU."""
     if workers < 1 or per_gpu < 1:
-        raise CifartuneError("--workers and --trials-per-gpu must be at least 1")
+        raise CifartuneError(f"--workers and --trials-per-gpu must be at least 1, got "
+                             f"{workers} and {per_gpu}")
     threads = max(1, cpus // workers)
     if not gpus:
         return Placement([None] * workers, threads)

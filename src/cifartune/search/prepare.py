@@ -70,10 +70,8 @@ def check_settings(settings: SearchSettings) -> None:
     """Settings a search can run with (the messages name the command's options; the Python
     API's arguments have the same names with underscores). Called before the data loads, so
     a bad setting or a missing optional sampler package fails at once, before a download."""
-    if settings.workers < 1 or settings.trials_per_gpu < 1:
-        raise CifartuneError(f"--workers and --trials-per-gpu must be at least 1, got "
-                             f"{settings.workers} and {settings.trials_per_gpu}")
-    plan_placement(settings.workers, settings.trials_per_gpu)  # enough GPUs for them?
+    # at least 1 each, and enough GPUs for them (place_workers says which)
+    plan_placement(settings.workers, settings.trials_per_gpu)
     if min(settings.n_trials, settings.timeout, settings.epoch_budget, settings.keep_top) < 0:
         raise CifartuneError("--n-trials, --timeout, --epoch-budget and --keep-top must be >= 0")
     make_sampler(settings.sampler, settings.seed)
