@@ -79,7 +79,7 @@ def add_search_parser(sub) -> None:
                    "a big GPU idle, so K > 1 runs more trials per hour; lower it if trials "
                    "run out of GPU memory. No effect without GPUs")
     p.add_argument("--seed", type=int, default=None, help="sampler seed: an uninterrupted "
-                   "one-worker search draws the same trials again (default: none; each trial "
+                   "search with --workers 1 draws the same trials again (default: none; each trial "
                    "is seeded by its number either way, so a resumed search, a restarted "
                    "worker or another machine never draws a trial twice)")
     p.add_argument("--keep-top", type=int, default=0, metavar="K",
