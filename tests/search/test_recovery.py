@@ -7,6 +7,7 @@ import os
 import re
 import signal
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -15,7 +16,7 @@ from optuna.trial import TrialState
 
 from cifartune.search import SearchSettings, runner, verdict
 from cifartune.search import worker as worker_mod
-from cifartune.search._budget import count
+from cifartune.search._budget import EXIT_FRESH_PROCESS, count
 from cifartune.search._recovery import (
     MAX_RETRIES,
     HeartbeatWatch,
@@ -333,3 +334,92 @@ def test_a_worker_on_a_gpu_measures_each_trial_and_then_returns_its_memory(monke
     heartbeat.close()
     assert calls == ["reset", "trial", "empty"] * 2
     assert [t.user_attrs["gpu_peak_mb"] for t in study.get_trials()] == [3072.0, 3072.0]
+
+
+def _failing_trial(monkeypatch, error: Exception) -> list[str]:
+    """Trials raise `error` in a worker that believes it is on a GPU; returns the CUDA calls
+    it makes."""
+    calls: list[str] = []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty_cache"))
+
+    def run_trial(trial, defn, data):
+        trial.suggest_float("x", 0, 1)
+        raise error
+
+    monkeypatch.setattr(worker_mod, "run_trial", run_trial)
+    return calls
+
+
+@pytest.mark.parametrize("error, fresh", [
+    (CUDA_OOM, False),  # the caching allocator's: raised before any kernel, the context is whole
+    (RuntimeError("CUDA error: out of memory"), True),  # a context that could not be made
+    (torch.AcceleratorError("CUDA error: an illegal memory access was encountered"), True),
+    (RuntimeError("cuDNN error: CUDNN_STATUS_EXECUTION_FAILED"), True),
+    (RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"), True),
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB"),
+     False),
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), False),
+])
+def test_after_a_cuda_error_the_worker_records_its_trial_and_gives_way(monkeypatch, tmp_path,
+                                                                       error, fresh):
+    """A CUDA error may leave the process's CUDA context unusable for every later trial:
+    the worker records the failed trial, touches CUDA no more and asks for a fresh process;
+    the caching allocator's out-of-memory error and CPU errors keep it going."""
+    calls = _failing_trial(monkeypatch, error)
+    study = optuna.create_study(direction="maximize")
+    defn = SearchDefinition(tmp_path, None, None, SearchSettings(study="s"))
+    heartbeat = worker_mod.Heartbeat()
+    assert worker_mod.run_one(study, study.ask(), defn, None, heartbeat) is fresh
+    heartbeat.close()
+    assert study.get_trials()[0].state == TrialState.FAIL  # recorded either way
+    assert calls == ([] if fresh else ["empty_cache"])
+
+
+def test_a_worker_with_a_broken_cuda_context_exits_for_a_fresh_one(monkeypatch, tmp_path):
+    """The worker process runs no further trial in that context: it exits with the code the
+    runner answers with a fresh process, and says why in its log."""
+    _failing_trial(monkeypatch, RuntimeError("CUDA error: an illegal memory access"))
+    study = optuna.create_study(direction="maximize")
+
+    class Space:
+        def trial_config(self, base, params):
+            return SimpleNamespace(data=None)
+
+    defn = SearchDefinition(tmp_path, Space(), None, SearchSettings(study="s", n_trials=5))
+    monkeypatch.setattr(worker_mod, "load_search", lambda run_dir: defn)
+    monkeypatch.setattr(worker_mod, "open_study", lambda *a: study)
+    monkeypatch.setattr(worker_mod, "TrialData", lambda: lambda data_config: None)
+    monkeypatch.setattr(worker_mod, "_die_with_parent", lambda: None)
+    code = worker_mod.main([str(tmp_path), "0", "0"])
+    assert code == EXIT_FRESH_PROCESS
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL]  # one trial, no more
+
+
+class _Exited:
+    """A worker process that has exited with `code`."""
+
+    def __init__(self, code: int) -> None:
+        self.returncode = code
+
+    def poll(self) -> int:
+        return self.returncode
+
+
+@pytest.mark.parametrize("trials_left", [True, False])
+def test_the_runner_replaces_a_worker_that_gave_way_without_counting_a_crash(tmp_path,
+                                                                             trials_left):
+    study = optuna.create_study(direction="maximize")
+    study.tell(study.ask(X), state=TrialState.FAIL)  # the trial the worker recorded
+    workers = runner._Workers(tmp_path, SearchSettings(study="s", workers=1,
+                                                       n_trials=2 if trials_left else 1), 0.0)
+    started: list[int] = []
+    workers.start = started.append
+    for _ in range(runner.MAX_RESTARTS + 1):  # more often than a crashing worker is restarted
+        workers.procs[0] = _Exited(EXIT_FRESH_PROCESS)
+        events = workers.check(study)
+    assert started == ([0] * (runner.MAX_RESTARTS + 1) if trials_left else [])
+    assert workers.restarts == [0] and not workers.fatal
+    assert ("fresh process after a CUDA error" in " ".join(events)) == trials_left

@@ -12,6 +12,9 @@ from cifartune.search.study import SearchSettings
 from cifartune.search.trial import ATTR_EPOCHS, ATTR_FAIL_KIND, ATTR_RETRY_OF, KIND_OOM
 
 EXIT_USER_ERROR = 2  # a worker exiting with this hit a user error: restarting cannot help
+# A worker exiting with this recorded its trial, then found its CUDA context unusable (a
+# CUDA error is sticky: every later kernel in the process fails): a fresh process is needed.
+EXIT_FRESH_PROCESS = 3
 
 
 @dataclass

@@ -133,7 +133,8 @@ class _Workers:
         return sum(p is not None and p.poll() is None for p in self.procs)
 
     def check(self, study: optuna.Study) -> list[str]:
-        """Restart workers that crashed while there is budget left."""
+        """Restart workers that crashed, and replace those that gave way after a CUDA error,
+        while there is budget left."""
         events = []
         for i, p in enumerate(self.procs):
             if p is None or p.poll() is None or p.returncode == 0:
@@ -147,6 +148,12 @@ class _Workers:
                 events.append(f"worker {i} stopped: {_last_line(self.log(i))}")
                 continue
             self.procs[i] = None
+            if p.returncode == _budget.EXIT_FRESH_PROCESS:  # its trial is recorded: no crash
+                if _budget.may_start(study, self.settings, self.deadline):
+                    events.append(f"worker {i} replaced by a fresh process after a CUDA error "
+                                  f"(log: {self.log(i)})")
+                    self.start(i)
+                continue
             if self.restarts[i] < MAX_RESTARTS and _budget.may_start(study, self.settings,
                                                                      self.deadline):
                 self.restarts[i] += 1

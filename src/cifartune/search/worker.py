@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 
 from cifartune.errors import CifartuneError, DivergenceError
 from cifartune.search import _budget
-from cifartune.search._budget import EXIT_USER_ERROR
+from cifartune.search._budget import EXIT_FRESH_PROCESS, EXIT_USER_ERROR
 from cifartune.search._recovery import machine_id, requeue
 from cifartune.search.placement import GPU_SHARERS
 from cifartune.search.results import prune_checkpoints
@@ -117,6 +117,9 @@ class Outcome(NamedTuple):
     reason: str = ""  # why it failed
     kind: str = ""  # KIND_OOM: a failure the user may retry (--retry-oom)
     oom_on: str = ""  # with KIND_OOM: "gpu" or "cpu"
+    # A CUDA error other than the caching allocator's OutOfMemoryError: the process's CUDA
+    # context may be unusable, so the worker hands over to a fresh process.
+    cuda_broken: bool = False
 
 
 def _outcome(trial: optuna.Trial, defn: SearchDefinition, data: TrialData) -> Outcome:
@@ -129,11 +132,11 @@ def _outcome(trial: optuna.Trial, defn: SearchDefinition, data: TrialData) -> Ou
         return Outcome(TrialState.FAIL, reason=str(e))
     except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
         if isinstance(e, RuntimeError) and not _is_oom(e):
-            return _crashed(trial, defn, e)
+            return _crashed(trial, defn, e)._replace(cuda_broken=_cuda_broken(e))
         # Memory is the machine's (and the other workers') as much as the configuration's.
         gpu = _is_gpu_oom(e)
         return Outcome(TrialState.FAIL, kind=KIND_OOM, reason=_oom_reason(gpu),
-                       oom_on="gpu" if gpu else "cpu")
+                       oom_on="gpu" if gpu else "cpu", cuda_broken=_cuda_broken(e))
     except Exception as e:  # noqa: BLE001 - any bug in one trial must not stop the search
         return _crashed(trial, defn, e)
 
@@ -147,6 +150,21 @@ _GPU_OOM_TEXTS = ("cuda out of memory", "cuda error: out of memory",
 
 def _is_gpu_oom(e: BaseException) -> bool:
     return any(t in str(e).lower() for t in _GPU_OOM_TEXTS)
+
+
+# What CUDA and its libraries put in the errors they raise through PyTorch (RuntimeError, or
+# its subclass torch.AcceleratorError): "CUDA error: an illegal memory access ...", "CUDA
+# error: out of memory", "CUBLAS_STATUS_...", "CUDNN_STATUS_...".
+_CUDA_ERROR_TEXTS = ("cuda error", "cublas_status", "cudnn_status")
+
+
+def _cuda_broken(e: BaseException) -> bool:
+    """Whether the CUDA context may be unusable after `e`. The caching allocator's
+    OutOfMemoryError is raised before any kernel runs and leaves it whole; a CUDA error may
+    not (many are sticky), and only a new process gets a new context."""
+    if isinstance(e, torch.OutOfMemoryError):
+        return False
+    return any(t in str(e).lower() for t in _CUDA_ERROR_TEXTS)
 
 
 def _oom_reason(gpu: bool) -> str:
@@ -195,7 +213,9 @@ def next_trial(study: optuna.Study, defn: SearchDefinition,
 
 
 def run_one(study: optuna.Study, trial: optuna.Trial, defn: SearchDefinition, data: TrialData,
-            heartbeat: Heartbeat) -> None:
+            heartbeat: Heartbeat) -> bool:
+    """Run and record one trial. Returns whether this process must give way to a fresh one
+    (its CUDA context may be broken): the trial is recorded either way."""
     heartbeat.watch(trial)
     if torch.cuda.is_initialized():  # this trial's own peak (the last one's memory is freed)
         torch.cuda.reset_peak_memory_stats()
@@ -217,11 +237,14 @@ def run_one(study: optuna.Study, trial: optuna.Trial, defn: SearchDefinition, da
             elif not recorded:  # interrupted between training and recording: record it
                 _record(study, trial, outcome)
         raise
+    if defn.settings.keep_top:
+        prune_checkpoints(defn.run_dir, study.get_trials(deepcopy=False), defn.settings.keep_top)
+    if outcome.cuda_broken:  # no CUDA call here: exiting frees the GPU memory anyway
+        return True
     gc.collect()  # free the model and optimizer state before the next trial
     if torch.cuda.is_initialized():  # and give the GPU memory back, for the workers sharing it
         torch.cuda.empty_cache()
-    if defn.settings.keep_top:
-        prune_checkpoints(defn.run_dir, study.get_trials(deepcopy=False), defn.settings.keep_top)
+    return False
 
 
 def _record(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> None:
@@ -259,7 +282,7 @@ def main(argv: list[str]) -> int:
     """The worker process's entry point (`python -m cifartune.search.worker`, started by
     the runner): the one place in the library that writes to stderr and sets an exit code,
     because this process's stderr is its log file and its exit code is how the runner
-    learns of a user error (no restart) or a crash (restart)."""
+    learns of a user error (no restart), a crash (restart) or a CUDA error (a fresh process)."""
     # argv[1], the worker's index, names its log (the runner's business)
     run_dir, deadline = Path(argv[0]), float(argv[2])
     _die_with_parent()
@@ -280,7 +303,11 @@ def main(argv: list[str]) -> int:
     heartbeat = Heartbeat()
     try:
         while (trial := next_trial(study, defn, deadline)) is not None:
-            run_one(study, trial, defn, data, heartbeat)
+            if run_one(study, trial, defn, data, heartbeat):
+                print(f"cifartune worker: trial {trial.number} left a CUDA error; exiting so "
+                      "that a fresh process (a new CUDA context) runs the next trial",
+                      file=sys.stderr)
+                return EXIT_FRESH_PROCESS
     except KeyboardInterrupt:
         return 130
     finally:
