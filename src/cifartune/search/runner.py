@@ -14,14 +14,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from cifartune.config import Config
 from cifartune.search import _budget, _recovery
 from cifartune.search.placement import plan_placement
 from cifartune.search.space import SearchSpace
 from cifartune.search.study import SearchSettings, create_or_open_study, save_search
-from cifartune.search.trial import ATTR_QUEUED, ATTR_ROLE, ROLE_BASELINE, is_baseline
+from cifartune.search.trial import (
+    ATTR_QUEUED,
+    ATTR_ROLE,
+    ATTR_WORKER,
+    ROLE_BASELINE,
+    is_baseline,
+)
 from cifartune.search.winner import baseline_of, ranked
 
 MAX_RESTARTS = 5  # per worker slot: a worker that keeps crashing is given up on
@@ -111,6 +117,7 @@ class _Workers:
         self.fatal = False  # a worker hit a user error (e.g. data missing): start no more
         self.procs: list[subprocess.Popen | None] = [None] * settings.workers
         self.restarts = [0] * settings.workers
+        self.handovers = [0] * settings.workers  # CUDA-error exits in a row (_hand_over)
         self.recovery_waiting: int | None = None  # queued trials at the last recovery start
         self.placement = plan_placement(settings.workers, settings.trials_per_gpu)
         (run_dir / "workers").mkdir(parents=True, exist_ok=True)
@@ -149,13 +156,10 @@ class _Workers:
                 continue
             self.procs[i] = None
             if p.returncode == _budget.EXIT_FRESH_PROCESS:  # its trial is recorded: no crash
-                if _budget.may_start(study, self.settings, self.deadline):
-                    events.append(f"worker {i} replaced by a fresh process after a CUDA error "
-                                  f"(log: {self.log(i)})")
-                    self.start(i)
+                events += self._hand_over(i, p.pid, study)
                 continue
-            if self.restarts[i] < MAX_RESTARTS and _budget.may_start(study, self.settings,
-                                                                     self.deadline):
+            if self.restarts[i] < MAX_RESTARTS and not self.fatal and _budget.may_start(
+                    study, self.settings, self.deadline):
                 self.restarts[i] += 1
                 events.append(f"worker {i} {exit_text(p.returncode)}; restarted "
                               f"(log: {self.log(i)})")
@@ -163,6 +167,26 @@ class _Workers:
             else:
                 events.append(f"worker {i} {exit_text(p.returncode)}; not restarted")
         return events
+
+    def _hand_over(self, i: int, pid: int, study: optuna.Study) -> list[str]:
+        """A fresh process for slot `i`, whose worker (process `pid`) gave way after a CUDA
+        error. A slot whose processes keep failing before they finish a trial (a faulty GPU,
+        kernels built for another GPU) is given up, not fed the whole budget."""
+        worker = f"{_recovery.machine_id()}:{pid}"
+        finished = (TrialState.COMPLETE, TrialState.PRUNED)
+        if any(t.user_attrs.get(ATTR_WORKER) == worker and t.state in finished
+               for t in study.get_trials(deepcopy=False)):
+            self.handovers[i] = 0
+        else:
+            self.handovers[i] += 1
+        if self.handovers[i] >= MAX_RESTARTS:
+            return [f"worker {i}: {MAX_RESTARTS} processes in a row hit a CUDA error before "
+                    f"finishing a trial; not replaced (GPU {self.placement.gpus[i]}; log: "
+                    f"{self.log(i)})"]
+        if self.fatal or not _budget.may_start(study, self.settings, self.deadline):
+            return []
+        self.start(i)
+        return [f"worker {i} replaced by a fresh process after a CUDA error (log: {self.log(i)})"]
 
     def stop(self, grace: float = 60.0) -> None:
         """Let workers finish recording their interrupted trials (Ctrl-C reached them too),

@@ -138,7 +138,7 @@ def _outcome(trial: optuna.Trial, defn: SearchDefinition, data: TrialData) -> Ou
         return Outcome(TrialState.FAIL, kind=KIND_OOM, reason=_oom_reason(gpu),
                        oom_on="gpu" if gpu else "cpu", cuda_broken=_cuda_broken(e))
     except Exception as e:  # noqa: BLE001 - any bug in one trial must not stop the search
-        return _crashed(trial, defn, e)
+        return _crashed(trial, defn, e)._replace(cuda_broken=_cuda_broken(e))
 
 
 # How CUDA libraries report an exhausted GPU other than torch.OutOfMemoryError (a context
@@ -154,8 +154,11 @@ def _is_gpu_oom(e: BaseException) -> bool:
 
 # What CUDA and its libraries put in the errors they raise through PyTorch (RuntimeError, or
 # its subclass torch.AcceleratorError): "CUDA error: an illegal memory access ...", "CUDA
-# error: out of memory", "CUBLAS_STATUS_...", "CUDNN_STATUS_...".
-_CUDA_ERROR_TEXTS = ("cuda error", "cublas_status", "cudnn_status")
+# driver error: ...", "Triton Error [CUDA]: ..." (compiled kernels), "CUBLAS_STATUS_...",
+# "CUDNN_STATUS_...". Some of these leave the context usable (CUDNN_STATUS_NOT_SUPPORTED):
+# handing over costs those only a process start and a data load, once per failed trial.
+_CUDA_ERROR_TEXTS = ("cuda error", "cuda driver error", "error [cuda]", "cublas_status",
+                     "cudnn_status")
 
 
 def _cuda_broken(e: BaseException) -> bool:
@@ -250,7 +253,8 @@ def run_one(study: optuna.Study, trial: optuna.Trial, defn: SearchDefinition, da
 def _record(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> None:
     try:
         trial.set_user_attr(ATTR_RSS, round(_rss_mb(), 1))
-        if torch.cuda.is_initialized():  # what K trials sharing a GPU each need of it
+        # what K trials sharing a GPU each need of it (not asked of a broken context)
+        if not outcome.cuda_broken and torch.cuda.is_initialized():
             trial.set_user_attr(ATTR_GPU_MB, round(torch.cuda.max_memory_reserved() / 2**20, 1))
         if outcome.reason:
             trial.set_user_attr(ATTR_REASON, outcome.reason[:2000])
@@ -316,4 +320,8 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    code = main(sys.argv[1:])
+    if code == EXIT_FRESH_PROCESS:  # the trial is recorded; tearing down CUDA objects after
+        sys.stderr.flush()  # a sticky error can abort (SIGABRT) and hide this exit code
+        os._exit(code)
+    sys.exit(code)
