@@ -117,15 +117,11 @@ def test_config_command(capsys):
     assert "train.label_smoothing" in capsys.readouterr().out
 
 
-def test_interrupted_training_resumes_from_its_last_completed_epoch(cifar_root, tmp_path,
-                                                                     progress_starts, capsys):
-    """SIGINT during training: exit 130, the config and the last completed epoch's state
-    kept (no checkpoint, no temp file), and the hint to resume; `--resume` then finishes the
-    run with its whole curve and removes the state. A new run into that folder is refused."""
-    import signal
+def _stop_training(cifar_root: Path, out: Path, sig: int) -> None:
+    """Start a 6-epoch training in a subprocess and send it `sig` once its first epoch's
+    state is saved: it must stop as after Ctrl-C, keeping the state and saying how to go on."""
     import time
 
-    out = tmp_path / "r"
     proc = subprocess.Popen([sys.executable, "-m", "cifartune.cli.main", "train", "--data",
                              str(cifar_root), "--set", "epochs=6", "--set", "train_limit=2000",
                              "--set", "batch_size=100", "--set", "widths=[16,32,32]",
@@ -135,12 +131,31 @@ def test_interrupted_training_resumes_from_its_last_completed_epoch(cifar_root, 
     deadline = time.time() + 600  # a slow or busy machine: the loop ends at the first state
     while not (out / "train_state.pt").exists() and time.time() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert f"cifartune train --resume {out}" in err
     assert sorted(p.name for p in out.iterdir()) == ["config.toml", "train_state.pt"]
+
+
+def test_a_terminated_training_stops_like_an_interrupted_one(cifar_root, tmp_path):
+    """`kill PID`, `timeout` or a scheduler's time limit (SIGTERM): not a silent death, the
+    same stop and resume hint as Ctrl-C."""
+    import signal
+
+    _stop_training(cifar_root, tmp_path / "r", signal.SIGTERM)
+
+
+def test_interrupted_training_resumes_from_its_last_completed_epoch(cifar_root, tmp_path,
+                                                                     progress_starts, capsys):
+    """SIGINT during training: exit 130, the config and the last completed epoch's state
+    kept (no checkpoint, no temp file), and the hint to resume; `--resume` then finishes the
+    run with its whole curve and removes the state. A new run into that folder is refused."""
+    import signal
+
+    out = tmp_path / "r"
+    _stop_training(cifar_root, out, signal.SIGINT)
 
     _bad(["train", "--data", str(cifar_root), "--out", str(out)], "holds an interrupted run")
     _bad(["train", "--resume", str(out), "--set", "lr=0.1"], "drop --set")

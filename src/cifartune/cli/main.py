@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 from cifartune import __version__
 from cifartune.cli import _progress as ui
@@ -101,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_optuna()
+    # `kill PID`, `timeout` and a batch scheduler's time limit send SIGTERM: stop as after
+    # Ctrl-C (the resume hint, workers stopped after recording), not silently mid-epoch.
+    main_thread = threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, signal.default_int_handler) if main_thread else None
     try:
         return args.func(args) or 0
     except CifartuneError as e:
@@ -109,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         ui.error("interrupted; completed files in the run folder are intact")
         return 130
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
 
 
 if __name__ == "__main__":
