@@ -132,13 +132,13 @@ def _outcome(trial: optuna.Trial, defn: SearchDefinition, data: TrialData) -> Ou
         return Outcome(TrialState.FAIL, reason=str(e))
     except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
         if isinstance(e, RuntimeError) and not _is_oom(e):
-            return _crashed(trial, defn, e)._replace(cuda_broken=_cuda_broken(e))
+            return _crashed(trial, defn, e)
         # Memory is the machine's (and the other workers') as much as the configuration's.
         gpu = _is_gpu_oom(e)
         return Outcome(TrialState.FAIL, kind=KIND_OOM, reason=_oom_reason(gpu),
                        oom_on="gpu" if gpu else "cpu", cuda_broken=_cuda_broken(e))
     except Exception as e:  # noqa: BLE001 - any bug in one trial must not stop the search
-        return _crashed(trial, defn, e)._replace(cuda_broken=_cuda_broken(e))
+        return _crashed(trial, defn, e)
 
 
 # How CUDA libraries report an exhausted GPU other than torch.OutOfMemoryError (a context
@@ -194,7 +194,8 @@ def _crashed(trial: optuna.Trial, defn: SearchDefinition, e: Exception) -> Outco
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "error.txt").write_text(traceback.format_exc())
     return Outcome(TrialState.FAIL,
-                   reason=f"{type(e).__name__}: {e} (traceback in {folder}/error.txt)")
+                   reason=f"{type(e).__name__}: {e} (traceback in {folder}/error.txt)",
+                   cuda_broken=_cuda_broken(e))
 
 
 def next_trial(study: optuna.Study, defn: SearchDefinition,
