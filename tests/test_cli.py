@@ -117,7 +117,7 @@ def test_config_command(capsys):
     assert "train.label_smoothing" in capsys.readouterr().out
 
 
-def _stop_training(cifar_root: Path, out: Path, sig: int) -> None:
+def _stop_training(cifar_root: Path, out: Path, sig: int, code: int) -> None:
     """Start a 6-epoch training in a subprocess and send it `sig` once its first epoch's
     state is saved: it must stop as after Ctrl-C, keeping the state and saying how to go on."""
     import time
@@ -133,7 +133,7 @@ def _stop_training(cifar_root: Path, out: Path, sig: int) -> None:
         time.sleep(0.05)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     assert "interrupted" in err and "Traceback" not in err
     assert f"cifartune train --resume {out}" in err
     assert sorted(p.name for p in out.iterdir()) == ["config.toml", "train_state.pt"]
@@ -144,7 +144,56 @@ def test_a_terminated_training_stops_like_an_interrupted_one(cifar_root, tmp_pat
     same stop and resume hint as Ctrl-C."""
     import signal
 
-    _stop_training(cifar_root, tmp_path / "r", signal.SIGTERM)
+    _stop_training(cifar_root, tmp_path / "r", signal.SIGTERM, 143)
+
+
+STOPPED_DURING_CLEAN_UP = """
+import os, signal, sys, time
+from cifartune.cli import commands, main
+
+def cmd(args):
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+    except KeyboardInterrupt:
+        os.kill(os.getpid(), signal.SIGTERM)  # a second one while cleaning up: ignored
+        time.sleep(0.3)
+        print("cleaned up")
+        raise
+
+commands.cmd_config = cmd
+sys.exit(main.main(["config"]))
+"""
+
+
+def test_a_second_sigterm_does_not_cut_the_clean_up_short():
+    r = subprocess.run([sys.executable, "-c", STOPPED_DURING_CLEAN_UP], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 143, r.stderr
+    assert "cleaned up" in r.stdout and "Traceback" not in r.stderr
+
+
+def test_sigterm_is_handled_only_while_a_command_runs_and_only_if_nobody_else_does(
+        monkeypatch):
+    """main() called from a program (a notebook kernel, a scheduler's wrapper) must leave its
+    SIGTERM disposition as it found it, and keep one the caller chose."""
+    import signal
+
+    from cifartune.cli import commands
+
+    seen = []
+    monkeypatch.setattr(commands, "cmd_config",
+                        lambda args: seen.append(signal.getsignal(signal.SIGTERM)))
+    old = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        assert main(["config"]) == 0
+        assert callable(seen[-1])  # while the command ran: SIGTERM stops it as Ctrl-C does
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored after
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a caller that chose to ignore it
+        assert main(["config"]) == 0
+        assert seen[-1] is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def test_interrupted_training_resumes_from_its_last_completed_epoch(cifar_root, tmp_path,
@@ -155,7 +204,7 @@ def test_interrupted_training_resumes_from_its_last_completed_epoch(cifar_root, 
     import signal
 
     out = tmp_path / "r"
-    _stop_training(cifar_root, out, signal.SIGINT)
+    _stop_training(cifar_root, out, signal.SIGINT, 130)
 
     _bad(["train", "--data", str(cifar_root), "--out", str(out)], "holds an interrupted run")
     _bad(["train", "--resume", str(out), "--set", "lr=0.1"], "drop --set")

@@ -213,9 +213,9 @@ def test_workers_that_run_the_queue_are_started_as_long_as_it_lasts(tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_while_the_outcome_is_recorded_loses_nothing(monkeypatch, tmp_path, sig):
-    """Ctrl-C (or the runner's SIGTERM) landing inside `study.tell` of a finished trial: the
-    trial must end COMPLETE, not be left RUNNING to be recovered and trained again."""
-    old_term = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    """Ctrl-C (or SIGTERM) landing inside `study.tell` of a finished trial: the trial must
+    end COMPLETE, not be left RUNNING to be recovered and trained again."""
+    old = {s: signal.signal(s, worker_mod._stop_once) for s in worker_mod.STOP_SIGNALS}
     try:
         study = optuna.create_study(direction="maximize")
         trial = study.ask(X)
@@ -240,7 +240,8 @@ def test_a_signal_while_the_outcome_is_recorded_loses_nothing(monkeypatch, tmp_p
         assert len(study.get_trials()) == 1  # nothing queued to run it again
         assert len(calls) == 1  # the signal waited for `tell`: no second try needed
     finally:
-        signal.signal(signal.SIGTERM, old_term)
+        for s, handler in old.items():
+            signal.signal(s, handler)
 
 
 def test_no_private_optuna_api():
@@ -400,7 +401,7 @@ def test_a_worker_with_a_broken_cuda_context_exits_for_a_fresh_one(monkeypatch, 
     monkeypatch.setattr(worker_mod, "load_search", lambda run_dir: defn)
     monkeypatch.setattr(worker_mod, "open_study", lambda *a: study)
     monkeypatch.setattr(worker_mod, "TrialData", lambda: lambda data_config: None)
-    monkeypatch.setattr(worker_mod, "_die_with_parent", lambda: None)
+    monkeypatch.setattr(worker_mod, "_die_with_parent", lambda: True)
     code = worker_mod.main([str(tmp_path), "0", "0"])
     assert code == EXIT_FRESH_PROCESS
     assert "a fresh process (a new CUDA context)" in capsys.readouterr().err

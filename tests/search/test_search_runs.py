@@ -244,14 +244,19 @@ precision = "fp32"
     assert all(t.params["lr"] == 1e12 for t in failed)
 
 
-def test_ctrl_c_stops_cleanly_and_rerun_resumes(tmp_path, tiny_space, small_root):
+@pytest.mark.parametrize("kill, sig, code", [
+    (os.killpg, signal.SIGINT, 130),  # Ctrl-C in a terminal: the whole process group
+    (os.kill, signal.SIGTERM, 143),  # `kill PID`: the search alone, the runner stops workers
+], ids=["ctrl-c", "sigterm"])
+def test_a_stopped_search_stops_cleanly_and_rerun_resumes(tmp_path, tiny_space, small_root,
+                                                         kill, sig, code):
     run = tmp_path / "run"
     proc = search(run, tiny_space, small_root, "--n-trials", "5", "--pruner", "none",
                   wait=False)
     _wait_for(lambda: len(_complete(run)) >= 1)
-    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
+    kill(proc.pid, sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "rerun the same command to resume" in err
+    assert proc.returncode == code and "rerun the same command to resume" in err
     assert "Traceback" not in err
     assert not [t for t in load(run).get_trials() if t.state == TrialState.RUNNING]
     r = search(run, tiny_space, small_root, "--n-trials", "5", "--pruner", "none")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 
 from cifartune import __version__
 from cifartune.cli import _progress as ui
@@ -99,25 +101,47 @@ def _quiet_optuna() -> None:
     logging.getLogger("optuna").setLevel(logging.WARNING)
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[list[int]]:
+    """SIGTERM (`kill PID`, `timeout`, a batch scheduler's time limit) stops the command as
+    Ctrl-C does (the resume hint, workers stopped after recording), not silently mid-epoch.
+    Yields the list of SIGTERMs received (one at most). A second SIGTERM is ignored: it must
+    not cut the clean-up short. Only where SIGTERM still does its default (kill at once): a
+    caller that ignores or handles it itself keeps its choice."""
+    received: list[int] = []
+
+    def stop(signum: int, frame: object) -> None:
+        received.append(signum)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield received
+        return
+    old = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_optuna()
-    # `kill PID`, `timeout` and a batch scheduler's time limit send SIGTERM: stop as after
-    # Ctrl-C (the resume hint, workers stopped after recording), not silently mid-epoch.
-    main_thread = threading.current_thread() is threading.main_thread()
-    old_term = signal.signal(signal.SIGTERM, signal.default_int_handler) if main_thread else None
-    try:
-        return args.func(args) or 0
-    except CifartuneError as e:
-        ui.error(str(e))
-        return 2
-    except KeyboardInterrupt:
-        ui.error("interrupted; completed files in the run folder are intact")
-        return 130
-    finally:
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
+    with _sigterm_as_interrupt() as terminated:
+        try:
+            code = args.func(args) or 0
+        except CifartuneError as e:
+            ui.error(str(e))
+            code = 2
+        except KeyboardInterrupt:
+            ui.error("interrupted; completed files in the run folder are intact")
+            code = 130
+    # 128 + the signal's number, as a shell reports a command that signal ended: a script or
+    # scheduler tells a stop on request (143) from an interruption (130, Ctrl-C).
+    return 128 + signal.SIGTERM if terminated and code == 130 else code
 
 
 if __name__ == "__main__":

@@ -15,6 +15,9 @@ EXIT_USER_ERROR = 2  # a worker exiting with this hit a user error: restarting c
 # A worker exiting with this recorded its trial, then found its CUDA context unusable (a
 # CUDA error is sticky: every later kernel in the process fails): a fresh process is needed.
 EXIT_FRESH_PROCESS = 3
+# The runner's process id, in each worker's environment: a worker whose parent is another
+# process was orphaned before it could ask to die with its runner.
+ENV_RUNNER_PID = "CIFARTUNE_RUNNER_PID"
 
 
 @dataclass

@@ -123,7 +123,8 @@ class _Workers:
         (run_dir / "workers").mkdir(parents=True, exist_ok=True)
 
     def _env(self, index: int) -> dict:
-        return {**os.environ, **self.placement.env(index)}
+        return {**os.environ, **self.placement.env(index),
+                _budget.ENV_RUNNER_PID: str(os.getpid())}
 
     def log(self, index: int) -> Path:
         return self.run_dir / "workers" / f"worker-{index}.log"
@@ -189,14 +190,14 @@ class _Workers:
         return [f"worker {i} replaced by a fresh process after a CUDA error (log: {self.log(i)})"]
 
     def stop(self, grace: float = 60.0) -> None:
-        """Let workers finish recording their interrupted trials (Ctrl-C reached them too),
-        then interrupt the rest, then kill what is still alive after `grace` seconds."""
+        """Interrupt the workers at once (each records its trial as interrupted and queued
+        again; one that Ctrl-C or a SIGTERM to the whole group reached already ignores this
+        second signal), then kill what is still alive after `grace` seconds."""
         live = [p for p in self.procs if p is not None]
-        for sig, wait in ((None, 10.0), (signal.SIGINT, grace), (signal.SIGKILL, 10.0)):
+        for sig, wait in ((signal.SIGINT, grace), (signal.SIGKILL, 10.0)):
             live = [p for p in live if p.poll() is None]
             for p in live:
-                if sig is not None:
-                    p.send_signal(sig)
+                p.send_signal(sig)
             end = time.time() + wait
             for p in live:
                 with contextlib.suppress(subprocess.TimeoutExpired):
@@ -228,9 +229,9 @@ def run_search(run_dir: Path, space: SearchSpace, base: Config, settings: Search
                    else f"not queued: retried {_recovery.MAX_RETRIES} times already")
                    for n, queued in _recovery.retry_out_of_memory(study)]
     workers = _Workers(run_dir, settings, deadline)
-    for i in range(settings.workers):
-        workers.start(i)
     try:
+        for i in range(settings.workers):
+            workers.start(i)
         while True:
             time.sleep(poll_seconds)
             events += [f"trial {n}: {why}; failed and queued again"

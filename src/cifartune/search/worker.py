@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 
 from cifartune.errors import CifartuneError, DivergenceError
 from cifartune.search import _budget
-from cifartune.search._budget import EXIT_FRESH_PROCESS, EXIT_USER_ERROR
+from cifartune.search._budget import ENV_RUNNER_PID, EXIT_FRESH_PROCESS, EXIT_USER_ERROR
 from cifartune.search._recovery import machine_id, requeue
 from cifartune.search.placement import GPU_SHARERS
 from cifartune.search.results import prune_checkpoints
@@ -85,20 +85,38 @@ class Heartbeat:
         self._stop.set()
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _stop_once(signum: int, frame: object) -> None:
+    """The first Ctrl-C or SIGTERM stops the worker; later ones are ignored. A worker often
+    gets two (the terminal's Ctrl-C and the runner's SIGINT, or a group-wide SIGTERM and the
+    runner's SIGINT): the second must not cut short the recording of the interrupted trial."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM until the block is done, then raise KeyboardInterrupt: telling
-    the study a finished trial's outcome must not be cut in half (the trial would be left
-    RUNNING, recovered as dead, and trained again). Main thread only."""
+    """Hold Ctrl-C and SIGTERM until the block is done, then act on the first as its handler
+    would have (KeyboardInterrupt): telling the study a finished trial's outcome must not be
+    cut in half (the trial would be left RUNNING, recovered as dead, and trained again).
+    Signals already ignored stay ignored. Main thread only."""
     held: list[int] = []
-    old = {s: signal.signal(s, lambda signum, frame: held.append(signum))
-           for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    for s, handler in old.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(s, lambda signum, frame: held.append(signum))
     try:
         yield
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
     if held:
+        handler = old[held[0]]
+        if callable(handler):
+            handler(held[0], None)
         raise KeyboardInterrupt
 
 
@@ -268,19 +286,24 @@ def _record(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> None:
         pass  # another process judged this trial's worker dead and failed it meanwhile
 
 
-def _die_with_parent() -> None:
+def _die_with_parent() -> bool:
     """Linux: get SIGTERM when the controlling `cifartune search` dies (even by SIGKILL), and
-    treat SIGTERM like Ctrl-C, so no orphan worker keeps running a stale search."""
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    treat SIGTERM like Ctrl-C, so no orphan worker keeps running a stale search. Returns
+    False when the runner that started this process is already gone."""
     # The runner stops workers with SIGINT; a search started in the background by a
     # non-interactive shell would otherwise hand its workers an ignored SIGINT.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for s in STOP_SIGNALS:
+        signal.signal(s, _stop_once)
     try:
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+    # The runner may have died before the line above (no signal then): its pid, passed
+    # down, is no longer this process's parent.
+    runner = os.environ.get(ENV_RUNNER_PID)
+    return not runner or os.getppid() == int(runner)
 
 
 def main(argv: list[str]) -> int:
@@ -290,7 +313,10 @@ def main(argv: list[str]) -> int:
     learns of a user error (no restart), a crash (restart) or a CUDA error (a fresh process)."""
     # argv[1], the worker's index, names its log (the runner's business)
     run_dir, deadline = Path(argv[0]), float(argv[2])
-    _die_with_parent()
+    if not _die_with_parent():
+        print("cifartune worker: the search that started this worker has ended; exiting",
+              file=sys.stderr)
+        return 130
     threads = int(os.environ.get("CIFARTUNE_THREADS", "0"))
     if threads:
         torch.set_num_threads(threads)
