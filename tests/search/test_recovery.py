@@ -19,6 +19,7 @@ from cifartune.search import worker as worker_mod
 from cifartune.search._budget import EXIT_FRESH_PROCESS, count
 from cifartune.search._recovery import (
     MAX_RETRIES,
+    WHY_INTERRUPTED,
     HeartbeatWatch,
     machine_id,
     recover_stale,
@@ -93,6 +94,21 @@ def test_retries_are_bounded_and_say_why():
     assert fail_reason(trials[0], trials) == \
         "worker x died (process gone); queued again as trial 1"
     assert all(t.params == trials[0].params for t in trials)
+
+
+def test_interruptions_are_not_counted_as_retries():
+    """A search stopped at every batch job's time limit: its trials (the baseline above all)
+    are queued again each time; only real failures count against MAX_RETRIES."""
+    study = optuna.create_study(direction="maximize")
+    study.tell(study.ask(X), state=TrialState.FAIL)
+    for _ in range(MAX_RETRIES + 2):
+        assert requeue(study, study.get_trials()[-1], WHY_INTERRUPTED)
+        study.tell(study.ask(X), state=TrialState.FAIL)
+    for _ in range(MAX_RETRIES):
+        assert requeue(study, study.get_trials()[-1], "worker x died (process gone)")
+        study.tell(study.ask(X), state=TrialState.FAIL)
+    assert not requeue(study, study.get_trials()[-1], "worker x died (process gone)")
+    assert requeue(study, study.get_trials()[-1], WHY_INTERRUPTED)
 
 
 def test_an_interrupted_baseline_is_queued_again_as_the_baseline():

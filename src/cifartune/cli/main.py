@@ -112,7 +112,9 @@ def _sigterm_as_interrupt() -> Iterator[list[int]]:
 
     def stop(signum: int, frame: object) -> None:
         received.append(signum)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # Not SIG_IGN: a SIGTERM caught meanwhile would then raise "OSError: Signal 15
+        # ignored due to race condition" when Python comes to handle it.
+        signal.signal(signal.SIGTERM, lambda signum, frame: None)
         raise KeyboardInterrupt
 
     if (threading.current_thread() is not threading.main_thread()

@@ -18,6 +18,7 @@ EXIT_FRESH_PROCESS = 3
 # The runner's process id, in each worker's environment: a worker whose parent is another
 # process was orphaned before it could ask to die with its runner.
 ENV_RUNNER_PID = "CIFARTUNE_RUNNER_PID"
+EXIT_ORPHANED = 4  # a worker exiting with this found its runner gone before it started
 
 
 @dataclass

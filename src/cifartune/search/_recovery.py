@@ -32,6 +32,10 @@ from cifartune.search.trial import (
 
 STALE_SECONDS = 120.0  # a running trial whose heartbeat has not moved this long has lost its worker
 MAX_RETRIES = 2  # a configuration whose worker dies this often is failed for good
+# Why a trial stopped by Ctrl-C or SIGTERM is queued again; such retries are not counted
+# against MAX_RETRIES: a search stopped at every batch job's time limit must not give up on
+# its trials (or its baseline) for it.
+WHY_INTERRUPTED = "interrupted (the search was stopped)"
 
 
 def _boot_id() -> str:
@@ -108,18 +112,18 @@ class HeartbeatWatch:
 
 def requeue(study: optuna.Study, t: FrozenTrial | optuna.Trial, why: str) -> bool:
     """Queue trial `t` again with the same parameters (once per original, at most MAX_RETRIES
-    times along a chain of retries), saying why. A trial that died before drawing its
-    parameters keeps those it was queued with (a baseline stays the baseline). Returns
-    whether it was queued."""
+    times along a chain of retries, interruptions not counted), saying why. A trial that died
+    before drawing its parameters keeps those it was queued with (a baseline stays the
+    baseline). Returns whether it was queued."""
     trials = study.get_trials(deepcopy=False)
     if any(r.user_attrs.get(ATTR_RETRY_OF) == t.number for r in trials):
         return False
     by_number = {r.number: r for r in trials}
     depth, n = 0, t.number
     while n in by_number and by_number[n].user_attrs.get(ATTR_RETRY_OF) is not None:
+        depth += by_number[n].user_attrs.get(ATTR_RETRY_WHY) != WHY_INTERRUPTED
         n = by_number[n].user_attrs[ATTR_RETRY_OF]
-        depth += 1
-    if depth >= MAX_RETRIES:
+    if why != WHY_INTERRUPTED and depth >= MAX_RETRIES:
         return False
     # a trial killed midway through drawing keeps what it was queued with for the rest
     params = {**t.user_attrs.get(ATTR_QUEUED, {}), **t.params}

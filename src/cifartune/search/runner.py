@@ -192,16 +192,22 @@ class _Workers:
     def stop(self, grace: float = 60.0) -> None:
         """Interrupt the workers at once (each records its trial as interrupted and queued
         again; one that Ctrl-C or a SIGTERM to the whole group reached already ignores this
-        second signal), then kill what is still alive after `grace` seconds."""
-        live = [p for p in self.procs if p is not None]
-        for sig, wait in ((signal.SIGINT, grace), (signal.SIGKILL, 10.0)):
-            live = [p for p in live if p.poll() is None]
-            for p in live:
-                p.send_signal(sig)
-            end = time.time() + wait
-            for p in live:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    p.wait(timeout=max(0.1, end - time.time()))
+        second signal), then kill what is still alive after `grace` seconds, or at once on a
+        second Ctrl-C: no worker is ever left behind (they ignore signals while stopping)."""
+        live = [p for p in self.procs if p is not None and p.poll() is None]
+        try:
+            _signal_and_wait(live, signal.SIGINT, grace)
+        finally:
+            _signal_and_wait([p for p in live if p.poll() is None], signal.SIGKILL, 10.0)
+
+
+def _signal_and_wait(procs: list[subprocess.Popen], sig: int, wait: float) -> None:
+    for p in procs:
+        p.send_signal(sig)
+    end = time.time() + wait
+    for p in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(timeout=max(0.1, end - time.time()))
 
 
 def _last_line(path: Path) -> str:
@@ -251,9 +257,12 @@ def run_search(run_dir: Path, space: SearchSpace, base: Config, settings: Search
                 return snapshot(study, settings, start, deadline, 0,
                                 [pending] if isinstance(pending, str) else [])
     finally:  # Ctrl-C, or any error here: never leave workers running unattended
-        if workers.alive():
-            workers.stop()
-            _recovery.recover_stale(study, watch)
+        try:
+            if workers.alive():
+                workers.stop()
+        finally:  # nor a trial RUNNING whose worker is gone (a worker may die mid-stop)
+            with contextlib.suppress(Exception):
+                _recovery.recover_stale(study, watch)
 
 
 def _recovery_pending(study: optuna.Study, watch: _recovery.HeartbeatWatch, workers: _Workers,

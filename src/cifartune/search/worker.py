@@ -28,8 +28,13 @@ from optuna.trial import TrialState
 
 from cifartune.errors import CifartuneError, DivergenceError
 from cifartune.search import _budget
-from cifartune.search._budget import ENV_RUNNER_PID, EXIT_FRESH_PROCESS, EXIT_USER_ERROR
-from cifartune.search._recovery import machine_id, requeue
+from cifartune.search._budget import (
+    ENV_RUNNER_PID,
+    EXIT_FRESH_PROCESS,
+    EXIT_ORPHANED,
+    EXIT_USER_ERROR,
+)
+from cifartune.search._recovery import WHY_INTERRUPTED, machine_id, requeue
 from cifartune.search.placement import GPU_SHARERS
 from cifartune.search.results import prune_checkpoints
 from cifartune.search.study import SearchDefinition, load_search, open_study
@@ -88,12 +93,19 @@ class Heartbeat:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+def _ignore(signum: int, frame: object) -> None:
+    """A stopping worker's handler. Not SIG_IGN: a signal already caught but not yet handled
+    when the handler became SIG_IGN makes Python raise "OSError: Signal 15 ignored due to
+    race condition" (a group-wide SIGTERM and the runner's SIGINT arriving together)."""
+
+
 def _stop_once(signum: int, frame: object) -> None:
     """The first Ctrl-C or SIGTERM stops the worker; later ones are ignored. A worker often
     gets two (the terminal's Ctrl-C and the runner's SIGINT, or a group-wide SIGTERM and the
-    runner's SIGINT): the second must not cut short the recording of the interrupted trial."""
+    runner's SIGINT): the second must not cut short the recording of the interrupted trial.
+    The runner kills a worker that has not stopped after its grace period."""
     for s in STOP_SIGNALS:
-        signal.signal(s, signal.SIG_IGN)
+        signal.signal(s, _ignore)
     raise KeyboardInterrupt
 
 
@@ -106,7 +118,7 @@ def signals_deferred() -> Iterator[None]:
     held: list[int] = []
     old = {s: signal.getsignal(s) for s in STOP_SIGNALS}
     for s, handler in old.items():
-        if handler is not signal.SIG_IGN:
+        if handler not in (signal.SIG_IGN, _ignore):
             signal.signal(s, lambda signum, frame: held.append(signum))
     try:
         yield
@@ -226,24 +238,39 @@ def next_trial(study: optuna.Study, defn: SearchDefinition,
         if not _budget.may_start(study, defn.settings, deadline):
             return None
         # A Ctrl-C between `ask` and the tag would leave a RUNNING trial nobody can tell is
-        # dead (no worker named on it): held until the trial names its worker, whose exit
-        # the runner then sees (its recovery fails the trial and queues it again).
-        with signals_deferred():
-            trial = study.ask()
-            trial.set_user_attr(ATTR_WORKER, worker_id())
+        # dead (no worker named on it): held until the trial names its worker, then the
+        # trial is given back (failed and queued again) before stopping.
+        trial: optuna.Trial | None = None
+        try:
+            with signals_deferred():
+                trial = study.ask()
+                trial.set_user_attr(ATTR_WORKER, worker_id())
+        except KeyboardInterrupt:
+            if trial is not None:
+                _give_back(study, trial)
+            raise
         return trial
+
+
+def _give_back(study: optuna.Study, trial: optuna.Trial) -> None:
+    """An interrupted trial: failed, and queued again to run on resume (an interruption is
+    not counted as a retry). Signals are held meanwhile: it is not cut in half."""
+    with signals_deferred(), contextlib.suppress(Exception):
+        trial.set_user_attr(ATTR_REASON, f"{WHY_INTERRUPTED}; queued again for resume")
+        study.tell(trial, state=TrialState.FAIL)
+        requeue(study, trial, WHY_INTERRUPTED)
 
 
 def run_one(study: optuna.Study, trial: optuna.Trial, defn: SearchDefinition, data: TrialData,
             heartbeat: Heartbeat) -> bool:
     """Run and record one trial. Returns whether this process must give way to a fresh one
     (its CUDA context may be broken): the trial is recorded either way."""
-    heartbeat.watch(trial)
-    if torch.cuda.is_initialized():  # this trial's own peak (the last one's memory is freed)
-        torch.cuda.reset_peak_memory_stats()
     outcome: Outcome | None = None
     recorded = False
     try:
+        heartbeat.watch(trial)
+        if torch.cuda.is_initialized():  # this trial's own peak (the last one's is freed)
+            torch.cuda.reset_peak_memory_stats()
         outcome = _outcome(trial, defn, data)
         heartbeat.watch(None)
         with signals_deferred():
@@ -251,12 +278,10 @@ def run_one(study: optuna.Study, trial: optuna.Trial, defn: SearchDefinition, da
             recorded = True
     except KeyboardInterrupt:
         heartbeat.watch(None)
-        with signals_deferred(), contextlib.suppress(Exception):
-            if outcome is None:  # interrupted while training: run it again on resume
-                trial.set_user_attr(ATTR_REASON, "interrupted (Ctrl-C); queued again for resume")
-                study.tell(trial, state=TrialState.FAIL)
-                requeue(study, trial, "interrupted (Ctrl-C)")
-            elif not recorded:  # interrupted between training and recording: record it
+        if outcome is None:  # interrupted while training: run it again on resume
+            _give_back(study, trial)
+        elif not recorded:  # interrupted between training and recording: record it
+            with signals_deferred(), contextlib.suppress(Exception):
                 _record(study, trial, outcome)
         raise
     if defn.settings.keep_top:
@@ -302,8 +327,8 @@ def _die_with_parent() -> bool:
         pass
     # The runner may have died before the line above (no signal then): its pid, passed
     # down, is no longer this process's parent.
-    runner = os.environ.get(ENV_RUNNER_PID)
-    return not runner or os.getppid() == int(runner)
+    runner = os.environ.get(ENV_RUNNER_PID, "")
+    return not runner.isdigit() or os.getppid() == int(runner)
 
 
 def main(argv: list[str]) -> int:
@@ -316,7 +341,7 @@ def main(argv: list[str]) -> int:
     if not _die_with_parent():
         print("cifartune worker: the search that started this worker has ended; exiting",
               file=sys.stderr)
-        return 130
+        return EXIT_ORPHANED
     threads = int(os.environ.get("CIFARTUNE_THREADS", "0"))
     if threads:
         torch.set_num_threads(threads)
