@@ -18,6 +18,7 @@ from cifartune.search import SearchSettings, runner, verdict
 from cifartune.search import worker as worker_mod
 from cifartune.search._budget import EXIT_FRESH_PROCESS, count
 from cifartune.search._recovery import (
+    MAX_INTERRUPTIONS,
     MAX_RETRIES,
     WHY_INTERRUPTED,
     HeartbeatWatch,
@@ -109,6 +110,19 @@ def test_interruptions_are_not_counted_as_retries():
         study.tell(study.ask(X), state=TrialState.FAIL)
     assert not requeue(study, study.get_trials()[-1], "worker x died (process gone)")
     assert requeue(study, study.get_trials()[-1], WHY_INTERRUPTED)
+
+
+def test_interruptions_have_their_own_bound():
+    """A trial that gets its search stopped every time (evicted for memory, say) is not run
+    forever; retries of studies written before the reason changed count as interruptions."""
+    study = optuna.create_study(direction="maximize")
+    study.tell(study.ask(X), state=TrialState.FAIL)
+    for i in range(MAX_INTERRUPTIONS):
+        assert requeue(study, study.get_trials()[-1],
+                       "interrupted (Ctrl-C)" if i % 2 else WHY_INTERRUPTED)
+        study.tell(study.ask(X), state=TrialState.FAIL)
+    assert not requeue(study, study.get_trials()[-1], WHY_INTERRUPTED)
+    assert requeue(study, study.get_trials()[-1], "worker x died (process gone)")
 
 
 def test_an_interrupted_baseline_is_queued_again_as_the_baseline():
@@ -225,39 +239,6 @@ def test_workers_that_run_the_queue_are_started_as_long_as_it_lasts(tmp_path):
     polls = _recovery_polls(study, tmp_path, start, queued + 1)
     assert len(started) == queued and polls[-1] is False  # all run; then the search ends
     assert not [t for t in study.get_trials() if t.state == TrialState.WAITING]
-
-
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_while_the_outcome_is_recorded_loses_nothing(monkeypatch, tmp_path, sig):
-    """Ctrl-C (or SIGTERM) landing inside `study.tell` of a finished trial: the trial must
-    end COMPLETE, not be left RUNNING to be recovered and trained again."""
-    old = {s: signal.signal(s, worker_mod._stop_once) for s in worker_mod.STOP_SIGNALS}
-    try:
-        study = optuna.create_study(direction="maximize")
-        trial = study.ask(X)
-        monkeypatch.setattr(worker_mod, "_outcome",
-                            lambda *a: worker_mod.Outcome(TrialState.COMPLETE, 0.9))
-        real_tell = study.tell
-        calls = []
-
-        def tell(*a, **k):
-            calls.append(a)
-            os.kill(os.getpid(), sig)  # arrives in the middle of recording
-            return real_tell(*a, **k)
-
-        monkeypatch.setattr(study, "tell", tell)
-        defn = SearchDefinition(tmp_path, None, None, SearchSettings(study="s"))
-        heartbeat = worker_mod.Heartbeat()
-        with pytest.raises(KeyboardInterrupt):  # the interrupt still stops the worker...
-            worker_mod.run_one(study, trial, defn, None, heartbeat)
-        heartbeat.close()
-        t = study.get_trials()[0]  # ...after the outcome was recorded
-        assert t.state == TrialState.COMPLETE and t.value == 0.9
-        assert len(study.get_trials()) == 1  # nothing queued to run it again
-        assert len(calls) == 1  # the signal waited for `tell`: no second try needed
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
 
 
 def test_no_private_optuna_api():

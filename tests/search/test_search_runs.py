@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from cifartune.cli.main import main
 from cifartune.config import resolve_config
 from cifartune.search import final_checkpoint, load_search, plan_final, train_final
+from cifartune.search._recovery import WHY_INTERRUPTED
 from cifartune.search.space import PRUNE_SIGNALS
 from cifartune.search.trial import fail_reason, unpack_correct, val_curve
 from cifartune.search.winner import verdict
@@ -119,9 +120,9 @@ def _wait_for(pred, timeout: float = 180) -> None:
     raise AssertionError("timed out waiting")
 
 
-def _complete(run: Path) -> list:
+def _complete(run: Path, state: TrialState = TrialState.COMPLETE) -> list:
     try:
-        return [t for t in load(run).get_trials() if t.state == TrialState.COMPLETE]
+        return [t for t in load(run).get_trials() if t.state == state]
     except (KeyError, FileNotFoundError):  # the search has not created its study yet
         return []
 
@@ -247,18 +248,26 @@ precision = "fp32"
 @pytest.mark.parametrize("kill, sig, code", [
     (os.killpg, signal.SIGINT, 130),  # Ctrl-C in a terminal: the whole process group
     (os.kill, signal.SIGTERM, 143),  # `kill PID`: the search alone, the runner stops workers
-], ids=["ctrl-c", "sigterm"])
+    (os.killpg, signal.SIGTERM, 143),  # `timeout`, systemd: the group, then the runner's too
+], ids=["ctrl-c", "sigterm", "sigterm-group"])
 def test_a_stopped_search_stops_cleanly_and_rerun_resumes(tmp_path, tiny_space, small_root,
                                                          kill, sig, code):
     run = tmp_path / "run"
     proc = search(run, tiny_space, small_root, "--n-trials", "5", "--pruner", "none",
                   wait=False)
-    _wait_for(lambda: len(_complete(run)) >= 1)
+    # stopped while a trial runs, after one completed
+    _wait_for(lambda: _complete(run) and _complete(run, TrialState.RUNNING))
     kill(proc.pid, sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code and "rerun the same command to resume" in err
     assert "Traceback" not in err
-    assert not [t for t in load(run).get_trials() if t.state == TrialState.RUNNING]
+    assert "Traceback" not in (run / "workers" / "worker-0.log").read_text()
+    trials = load(run).get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    # the interrupted trial was given back by its worker, not found dead (killed) and counted
+    # as a retry
+    assert all(t.user_attrs["retry_reason"] == WHY_INTERRUPTED for t in trials
+               if "retry_of" in t.user_attrs)
     r = search(run, tiny_space, small_root, "--n-trials", "5", "--pruner", "none")
     assert r.returncode == 0, r.stderr
     c = states(load(run))

@@ -1,6 +1,7 @@
-"""How a search stops: workers act on the first Ctrl-C or SIGTERM only, the runner
-interrupts them at once, and a worker orphaned before it could ask to die with its runner
-exits."""
+"""How a search stops: workers act on the first Ctrl-C or SIGTERM only and give their trial
+back, a recorded outcome is never cut in half, the runner stops its workers at once and
+kills them on a second Ctrl-C, and a worker orphaned before it could ask to die with its
+runner exits."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -17,16 +19,27 @@ from optuna.trial import TrialState
 from cifartune.search import SearchSettings, runner
 from cifartune.search import worker as worker_mod
 from cifartune.search._budget import ENV_RUNNER_PID, EXIT_ORPHANED
+from cifartune.search._recovery import WHY_INTERRUPTED
+from cifartune.search._signals import STOP_SIGNALS, signals_deferred, stop_once
 from cifartune.search.study import SearchDefinition
+
+X = {"x": optuna.distributions.FloatDistribution(0, 1)}
 
 
 @pytest.fixture
-def stop_once():
+def worker_signals():
     """The worker's handlers, installed in this (test) process for the test's length."""
-    old = {s: signal.signal(s, worker_mod._stop_once) for s in worker_mod.STOP_SIGNALS}
+    old = {s: signal.signal(s, stop_once) for s in STOP_SIGNALS}
     yield
     for s, handler in old.items():
         signal.signal(s, handler)
+
+
+@pytest.fixture
+def heartbeat():
+    beat = worker_mod.Heartbeat()
+    yield beat
+    beat.close()
 
 
 def _deliver(sig: int) -> None:
@@ -43,29 +56,64 @@ def _ignored(sig: int) -> None:
         pytest.fail(f"{signal.Signals(sig).name} stopped a worker that was already stopping")
 
 
-@pytest.mark.parametrize("first, second", [(signal.SIGINT, signal.SIGINT),
-                                           (signal.SIGINT, signal.SIGTERM),
+@pytest.mark.parametrize("first, second", [(signal.SIGINT, signal.SIGTERM),
+                                           (signal.SIGTERM, signal.SIGTERM),
                                            (signal.SIGTERM, signal.SIGINT)],
-                         ids=["ctrl-c-then-runner", "ctrl-c-then-kill", "kill-then-runner"])
-def test_a_worker_stops_on_the_first_signal_and_ignores_the_next(stop_once, first, second):
-    """Ctrl-C reaches the worker from the terminal, then the runner's SIGINT: the second
+                         ids=["ctrl-c-then-runner", "kill-then-runner", "kill-then-ctrl-c"])
+def test_a_worker_stops_on_the_first_signal_and_ignores_the_next(worker_signals, first,
+                                                                 second):
+    """Ctrl-C reaches the worker from the terminal, then the runner's SIGTERM: the second
     must not interrupt the recording of the trial the first one interrupted."""
     with pytest.raises(KeyboardInterrupt):
         _deliver(first)
     _ignored(second)
-    with worker_mod.signals_deferred():  # and held no more once the worker is stopping
+    with signals_deferred():  # and held no more once the worker is stopping
         _ignored(second)
 
 
-def test_a_signal_held_while_recording_then_stops_the_worker_once(stop_once):
-    with pytest.raises(KeyboardInterrupt), worker_mod.signals_deferred():
+def test_a_signal_held_while_recording_then_stops_the_worker_once(worker_signals):
+    with pytest.raises(KeyboardInterrupt), signals_deferred():
         _deliver(signal.SIGTERM)
         _deliver(signal.SIGINT)  # both held; the first one's handler runs after the block
     _ignored(signal.SIGINT)  # the worker is stopping
 
 
-def test_a_trial_asked_for_as_the_worker_is_stopped_is_given_back(stop_once, monkeypatch,
-                                                                   tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_outcome_is_recorded_loses_nothing(worker_signals, heartbeat,
+                                                              monkeypatch, tmp_path, sig):
+    """Ctrl-C (or SIGTERM) landing inside `study.tell` of a finished trial: the trial must
+    end COMPLETE, not be left RUNNING to be recovered and trained again."""
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask(X)
+    monkeypatch.setattr(worker_mod, "_outcome",
+                        lambda *a: worker_mod.Outcome(TrialState.COMPLETE, 0.9))
+    real_tell = study.tell
+    calls = []
+
+    def tell(*a, **k):
+        calls.append(a)
+        os.kill(os.getpid(), sig)  # arrives in the middle of recording
+        return real_tell(*a, **k)
+
+    monkeypatch.setattr(study, "tell", tell)
+    defn = SearchDefinition(tmp_path, None, None, SearchSettings(study="s"))
+    with pytest.raises(KeyboardInterrupt):  # the interrupt still stops the worker...
+        worker_mod.run_one(study, trial, defn, None, heartbeat)
+    t = study.get_trials()[0]  # ...after the outcome was recorded
+    assert t.state == TrialState.COMPLETE and t.value == 0.9
+    assert len(study.get_trials()) == 1  # nothing queued to run it again
+    assert len(calls) == 1  # the signal waited for `tell`: no second try needed
+
+
+def _given_back(study: optuna.Study) -> None:
+    first, retry = study.get_trials()
+    assert first.state == TrialState.FAIL
+    assert retry.state == TrialState.WAITING and retry.user_attrs["retry_of"] == 0
+    assert retry.user_attrs["retry_reason"] == WHY_INTERRUPTED  # not counted as a retry
+
+
+def test_a_trial_asked_for_as_the_worker_is_stopped_is_given_back(worker_signals,
+                                                                   monkeypatch, tmp_path):
     """Ctrl-C while the worker takes its next trial: held until the trial names its worker,
     then the trial is failed and queued again, not left RUNNING for the runner to find."""
     study = optuna.create_study(direction="maximize")
@@ -80,18 +128,71 @@ def test_a_trial_asked_for_as_the_worker_is_stopped_is_given_back(stop_once, mon
     defn = SearchDefinition(tmp_path, None, None, SearchSettings(study="s"))
     with pytest.raises(KeyboardInterrupt):
         worker_mod.next_trial(study, defn, 0.0)
+    assert study.get_trials()[0].user_attrs["worker"]
+    _given_back(study)
+
+
+def _worker_main(monkeypatch, tmp_path, study: optuna.Study, run_one) -> int:
+    """The worker's main() on `study`, with `run_one` standing in for running a trial."""
+    space = SimpleNamespace(trial_config=lambda base, params: SimpleNamespace(data=None))
+    defn = SearchDefinition(tmp_path, space, None, SearchSettings(study="s", n_trials=5))
+    monkeypatch.setattr(worker_mod, "load_search", lambda run_dir: defn)
+    monkeypatch.setattr(worker_mod, "open_study", lambda *a: study)
+    monkeypatch.setattr(worker_mod, "TrialData", lambda: lambda data_config: None)
+    monkeypatch.setattr(worker_mod, "_die_with_parent", lambda: True)
+    monkeypatch.setattr(worker_mod, "run_one", run_one)
+    return worker_mod.main([str(tmp_path), "0", "0"])
+
+
+def test_a_worker_stopped_between_taking_a_trial_and_running_it_gives_it_back(monkeypatch,
+                                                                              tmp_path):
+    def stopped_at_once(*a):
+        raise KeyboardInterrupt
+
+    study = optuna.create_study(direction="maximize")
+    assert _worker_main(monkeypatch, tmp_path, study, stopped_at_once) == 130
+    _given_back(study)
+
+
+def test_a_worker_stopped_after_a_trial_is_recorded_does_not_give_it_back(monkeypatch,
+                                                                          tmp_path):
+    def records_then_is_stopped(study, trial, *a):
+        study.tell(trial, 0.5)
+        raise KeyboardInterrupt
+
+    study = optuna.create_study(direction="maximize")
+    assert _worker_main(monkeypatch, tmp_path, study, records_then_is_stopped) == 130
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE]
+
+
+class _Killed(BaseException):
+    """The worker process being killed: nothing after it runs."""
+
+
+def test_a_worker_killed_while_giving_its_trial_back_loses_nothing(monkeypatch):
+    """A second Ctrl-C makes the runner kill workers still stopping: one killed while giving
+    its trial back must leave it RUNNING with its retry queued (recovery then fails it), never
+    failed with no retry (lost for good, counted against the trial budget)."""
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask(X)
+
+    def killed(*a, **k):
+        raise _Killed
+
+    monkeypatch.setattr(study, "tell", killed)
+    with pytest.raises(_Killed):
+        worker_mod._give_back(study, trial)
     first, retry = study.get_trials()
-    assert first.state == TrialState.FAIL and first.user_attrs["worker"]
-    assert retry.state == TrialState.WAITING and retry.user_attrs["retry_of"] == 0
+    assert first.state == TrialState.RUNNING and retry.user_attrs["retry_of"] == 0
 
 
 class _FakeWorker:
     """A worker process that records what the runner does to it, in order."""
 
-    def __init__(self, obeys_sigint: bool = True, ctrl_c_while_waiting: bool = False) -> None:
+    def __init__(self, stops: bool = True, ctrl_c_while_waiting: bool = False) -> None:
         self.events: list[str] = []
         self.returncode: int | None = None
-        self.obeys_sigint = obeys_sigint
+        self.stops = stops
         self.ctrl_c_while_waiting = ctrl_c_while_waiting  # the user presses Ctrl-C again
 
     def poll(self) -> int | None:
@@ -99,7 +200,7 @@ class _FakeWorker:
 
     def send_signal(self, sig: int) -> None:
         self.events.append(signal.Signals(sig).name)
-        if sig == signal.SIGKILL or self.obeys_sigint:
+        if sig == signal.SIGKILL or self.stops:
             self.returncode = -sig if sig == signal.SIGKILL else 130
 
     def wait(self, timeout: float) -> int:
@@ -111,27 +212,27 @@ class _FakeWorker:
         return self.returncode
 
 
-def test_a_stopping_search_interrupts_its_workers_at_once(tmp_path):
+def test_a_stopping_search_stops_its_workers_at_once(tmp_path):
     """A SIGTERM sent to the search alone (or any error in the runner) does not reach the
-    workers: the runner must interrupt them itself, not first wait for them to stop; one
-    that ignores it is killed after the grace period."""
+    workers: the runner must stop them itself, not first wait for them to stop; one that
+    does not stop is killed after the grace period."""
     workers = runner._Workers(tmp_path, SearchSettings(study="s", workers=2), 0.0)
-    obeys, stubborn = _FakeWorker(), _FakeWorker(obeys_sigint=False)
+    obeys, stubborn = _FakeWorker(), _FakeWorker(stops=False)
     workers.procs = [obeys, stubborn]
     workers.stop(grace=0.1)
-    assert obeys.events == ["SIGINT", "wait"]
-    assert stubborn.events == ["SIGINT", "wait", "SIGKILL", "wait"]
+    assert obeys.events == ["SIGTERM", "wait"]
+    assert stubborn.events == ["SIGTERM", "wait", "SIGKILL", "wait"]
 
 
 def test_a_second_ctrl_c_kills_the_workers_at_once(tmp_path):
     """Workers ignore signals while they stop: a second Ctrl-C to the search, which cuts its
     wait short, must kill them, or a hung one would be left behind for good."""
     workers = runner._Workers(tmp_path, SearchSettings(study="s", workers=1), 0.0)
-    hung = _FakeWorker(obeys_sigint=False, ctrl_c_while_waiting=True)
+    hung = _FakeWorker(stops=False, ctrl_c_while_waiting=True)
     workers.procs = [hung]
     with pytest.raises(KeyboardInterrupt):
         workers.stop(grace=60.0)
-    assert hung.events[:3] == ["SIGINT", "wait", "SIGKILL"]
+    assert hung.events[:3] == ["SIGTERM", "wait", "SIGKILL"]
 
 
 def test_a_worker_whose_runner_is_gone_exits(tmp_path, monkeypatch):
@@ -140,7 +241,7 @@ def test_a_worker_whose_runner_is_gone_exits(tmp_path, monkeypatch):
     environment. Run in a child process: the check also sets that process's signals."""
     code = ("import os; from cifartune.search import worker as w\n"
             "os.environ[w.ENV_RUNNER_PID] = str(os.getppid()); print(w._die_with_parent())\n"
-            "os.environ[w.ENV_RUNNER_PID] = '1'; print(w._die_with_parent())\n")
+            "os.environ[w.ENV_RUNNER_PID] = str(os.getpid()); print(w._die_with_parent())\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr

@@ -19,6 +19,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from cifartune.search._signals import signals_deferred
 from cifartune.search.trial import (
     ATTR_FAIL_KIND,
     ATTR_HEARTBEAT,
@@ -34,8 +35,11 @@ STALE_SECONDS = 120.0  # a running trial whose heartbeat has not moved this long
 MAX_RETRIES = 2  # a configuration whose worker dies this often is failed for good
 # Why a trial stopped by Ctrl-C or SIGTERM is queued again; such retries are not counted
 # against MAX_RETRIES: a search stopped at every batch job's time limit must not give up on
-# its trials (or its baseline) for it.
+# its trials (or its baseline) for it. Its own, high bound stops a trial that gets its
+# search stopped every time (evicted for memory, say) from being run forever.
 WHY_INTERRUPTED = "interrupted (the search was stopped)"
+_INTERRUPTED = {WHY_INTERRUPTED, "interrupted (Ctrl-C)"}  # the second: older studies
+MAX_INTERRUPTIONS = 20
 
 
 def _boot_id() -> str:
@@ -119,11 +123,17 @@ def requeue(study: optuna.Study, t: FrozenTrial | optuna.Trial, why: str) -> boo
     if any(r.user_attrs.get(ATTR_RETRY_OF) == t.number for r in trials):
         return False
     by_number = {r.number: r for r in trials}
-    depth, n = 0, t.number
+    retries = interruptions = 0
+    n = t.number
     while n in by_number and by_number[n].user_attrs.get(ATTR_RETRY_OF) is not None:
-        depth += by_number[n].user_attrs.get(ATTR_RETRY_WHY) != WHY_INTERRUPTED
+        if by_number[n].user_attrs.get(ATTR_RETRY_WHY) in _INTERRUPTED:
+            interruptions += 1
+        else:
+            retries += 1
         n = by_number[n].user_attrs[ATTR_RETRY_OF]
-    if why != WHY_INTERRUPTED and depth >= MAX_RETRIES:
+    if why in _INTERRUPTED and interruptions >= MAX_INTERRUPTIONS:
+        return False
+    if why not in _INTERRUPTED and retries >= MAX_RETRIES:
         return False
     # a trial killed midway through drawing keeps what it was queued with for the rest
     params = {**t.user_attrs.get(ATTR_QUEUED, {}), **t.params}
@@ -146,12 +156,13 @@ def recover_stale(study: optuna.Study, watch: HeartbeatWatch) -> list[tuple[int,
         why = watch.stale(t)
         if why is None:
             continue
-        try:
-            study.tell(t.number, state=TrialState.FAIL)
-        except (RuntimeError, ValueError, optuna.exceptions.UpdateFinishedTrialError):
-            continue  # it finished after all, or another process recovered it first
+        with signals_deferred():  # a Ctrl-C between the two would lose the trial for good
+            try:
+                study.tell(t.number, state=TrialState.FAIL)
+            except (RuntimeError, ValueError, optuna.exceptions.UpdateFinishedTrialError):
+                continue  # it finished after all, or another process recovered it first
+            requeue(study, t, why)
         watch.seen.pop(t.number, None)
-        requeue(study, t, why)
         recovered.append((t.number, why))
     return recovered
 

@@ -190,13 +190,15 @@ class _Workers:
         return [f"worker {i} replaced by a fresh process after a CUDA error (log: {self.log(i)})"]
 
     def stop(self, grace: float = 60.0) -> None:
-        """Interrupt the workers at once (each records its trial as interrupted and queued
-        again; one that Ctrl-C or a SIGTERM to the whole group reached already ignores this
-        second signal), then kill what is still alive after `grace` seconds, or at once on a
-        second Ctrl-C: no worker is ever left behind (they ignore signals while stopping)."""
+        """Stop the workers at once with SIGTERM (each records its trial as interrupted and
+        queued again; one that Ctrl-C or a SIGTERM to the whole group reached already ignores
+        this second signal; not SIGINT, which a search started in the background hands its
+        workers ignored until they set their handlers), then kill what is still alive after
+        `grace` seconds, or at once on a second Ctrl-C: no worker is ever left behind (they
+        ignore signals while stopping)."""
         live = [p for p in self.procs if p is not None and p.poll() is None]
         try:
-            _signal_and_wait(live, signal.SIGINT, grace)
+            _signal_and_wait(live, signal.SIGTERM, grace)
         finally:
             _signal_and_wait([p for p in live if p.poll() is None], signal.SIGKILL, 10.0)
 
@@ -204,10 +206,10 @@ class _Workers:
 def _signal_and_wait(procs: list[subprocess.Popen], sig: int, wait: float) -> None:
     for p in procs:
         p.send_signal(sig)
-    end = time.time() + wait
+    end = time.monotonic() + wait
     for p in procs:
         with contextlib.suppress(subprocess.TimeoutExpired):
-            p.wait(timeout=max(0.1, end - time.time()))
+            p.wait(timeout=max(0.1, end - time.monotonic()))
 
 
 def _last_line(path: Path) -> str:

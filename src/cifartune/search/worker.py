@@ -18,7 +18,6 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -35,6 +34,7 @@ from cifartune.search._budget import (
     EXIT_USER_ERROR,
 )
 from cifartune.search._recovery import WHY_INTERRUPTED, machine_id, requeue
+from cifartune.search._signals import STOP_SIGNALS, signals_deferred, stop_once
 from cifartune.search.placement import GPU_SHARERS
 from cifartune.search.results import prune_checkpoints
 from cifartune.search.study import SearchDefinition, load_search, open_study
@@ -88,48 +88,6 @@ class Heartbeat:
     def close(self) -> None:
         self.watch(None)
         self._stop.set()
-
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def _ignore(signum: int, frame: object) -> None:
-    """A stopping worker's handler. Not SIG_IGN: a signal already caught but not yet handled
-    when the handler became SIG_IGN makes Python raise "OSError: Signal 15 ignored due to
-    race condition" (a group-wide SIGTERM and the runner's SIGINT arriving together)."""
-
-
-def _stop_once(signum: int, frame: object) -> None:
-    """The first Ctrl-C or SIGTERM stops the worker; later ones are ignored. A worker often
-    gets two (the terminal's Ctrl-C and the runner's SIGINT, or a group-wide SIGTERM and the
-    runner's SIGINT): the second must not cut short the recording of the interrupted trial.
-    The runner kills a worker that has not stopped after its grace period."""
-    for s in STOP_SIGNALS:
-        signal.signal(s, _ignore)
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM until the block is done, then act on the first as its handler
-    would have (KeyboardInterrupt): telling the study a finished trial's outcome must not be
-    cut in half (the trial would be left RUNNING, recovered as dead, and trained again).
-    Signals already ignored stay ignored. Main thread only."""
-    held: list[int] = []
-    old = {s: signal.getsignal(s) for s in STOP_SIGNALS}
-    for s, handler in old.items():
-        if handler not in (signal.SIG_IGN, _ignore):
-            signal.signal(s, lambda signum, frame: held.append(signum))
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-    if held:
-        handler = old[held[0]]
-        if callable(handler):
-            handler(held[0], None)
-        raise KeyboardInterrupt
 
 
 def worker_id() -> str:
@@ -253,12 +211,17 @@ def next_trial(study: optuna.Study, defn: SearchDefinition,
 
 
 def _give_back(study: optuna.Study, trial: optuna.Trial) -> None:
-    """An interrupted trial: failed, and queued again to run on resume (an interruption is
-    not counted as a retry). Signals are held meanwhile: it is not cut in half."""
+    """An interrupted trial still running: queued again to run on resume (an interruption is
+    not counted as a retry), then failed. In that order: a worker killed in between (a
+    second Ctrl-C) leaves it RUNNING with its retry queued, which recovery then fails,
+    rather than failed for good. A trial already recorded is left alone."""
     with signals_deferred(), contextlib.suppress(Exception):
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if trial.number not in {t.number for t in running}:
+            return
+        requeue(study, trial, WHY_INTERRUPTED)
         trial.set_user_attr(ATTR_REASON, f"{WHY_INTERRUPTED}; queued again for resume")
         study.tell(trial, state=TrialState.FAIL)
-        requeue(study, trial, WHY_INTERRUPTED)
 
 
 def run_one(study: optuna.Study, trial: optuna.Trial, defn: SearchDefinition, data: TrialData,
@@ -315,10 +278,10 @@ def _die_with_parent() -> bool:
     """Linux: get SIGTERM when the controlling `cifartune search` dies (even by SIGKILL), and
     treat SIGTERM like Ctrl-C, so no orphan worker keeps running a stale search. Returns
     False when the runner that started this process is already gone."""
-    # The runner stops workers with SIGINT; a search started in the background by a
-    # non-interactive shell would otherwise hand its workers an ignored SIGINT.
+    # Both set, SIGINT too: a search started in the background by a non-interactive shell
+    # hands its workers an ignored SIGINT, and Ctrl-C may still reach them (`fg`).
     for s in STOP_SIGNALS:
-        signal.signal(s, _stop_once)
+        signal.signal(s, stop_once)
     try:
         import ctypes
 
@@ -357,6 +320,7 @@ def main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         return 130
     heartbeat = Heartbeat()
+    trial: optuna.Trial | None = None
     try:
         while (trial := next_trial(study, defn, deadline)) is not None:
             if run_one(study, trial, defn, data, heartbeat):
@@ -365,6 +329,8 @@ def main(argv: list[str]) -> int:
                       file=sys.stderr)
                 return EXIT_FRESH_PROCESS
     except KeyboardInterrupt:
+        if trial is not None:  # stopped between taking a trial and running it
+            _give_back(study, trial)
         return 130
     finally:
         heartbeat.close()

@@ -1,0 +1,54 @@
+"""Ctrl-C and SIGTERM in a search's processes: a worker stops on the first and ignores the
+rest, and a study write that must not be cut in half holds them until it is done."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _ignore(signum: int, frame: object) -> None:
+    """A stopping process's handler. Not SIG_IGN: a signal already caught but not yet handled
+    when the handler became SIG_IGN makes Python raise "OSError: Signal 15 ignored due to
+    race condition" (a group-wide SIGTERM and the runner's signal arriving together)."""
+
+
+def stop_once(signum: int, frame: object) -> None:
+    """The first Ctrl-C or SIGTERM stops a worker (KeyboardInterrupt); later ones are
+    ignored. A worker often gets two (the terminal's Ctrl-C, or a group-wide SIGTERM, and
+    then the runner's SIGTERM): the second must not cut short the recording of the
+    interrupted trial. The runner kills a worker that has not stopped after its grace
+    period."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, _ignore)
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block is done, then act on the first as its handler
+    would have (KeyboardInterrupt): a study write that tells a trial's outcome, or fails one
+    and queues it again, must not be cut in half. Signals already ignored stay ignored.
+    Outside the main thread (where Python runs no signal handler) it holds nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    old = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    for s, handler in old.items():
+        if handler not in (signal.SIG_IGN, _ignore):
+            signal.signal(s, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    if held:
+        handler = old[held[0]]
+        if callable(handler):
+            handler(held[0], None)
+        raise KeyboardInterrupt
