@@ -5,6 +5,7 @@ runner exits."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -47,11 +48,13 @@ def _deliver(sig: int) -> None:
     time.sleep(0.05)  # Python runs the handler at the next bytecode; this gives it one
 
 
-def _ignored(sig: int) -> None:
-    """Deliver `sig`, which must be ignored; a KeyboardInterrupt escaping a test would stop
-    the whole test session instead of failing this test."""
+def _ignored(sig: int, deferred: bool = False) -> None:
+    """Deliver `sig` (inside `signals_deferred` if `deferred`), which must be ignored; a
+    KeyboardInterrupt escaping a test would stop the whole test session instead of failing
+    this test."""
     try:
-        _deliver(sig)
+        with signals_deferred() if deferred else contextlib.nullcontext():
+            _deliver(sig)
     except KeyboardInterrupt:
         pytest.fail(f"{signal.Signals(sig).name} stopped a worker that was already stopping")
 
@@ -67,15 +70,40 @@ def test_a_worker_stops_on_the_first_signal_and_ignores_the_next(worker_signals,
     with pytest.raises(KeyboardInterrupt):
         _deliver(first)
     _ignored(second)
-    with signals_deferred():  # and held no more once the worker is stopping
-        _ignored(second)
+    _ignored(second, deferred=True)  # nor held and acted on once the worker is stopping
 
 
 def test_a_signal_held_while_recording_then_stops_the_worker_once(worker_signals):
+    finished = False
     with pytest.raises(KeyboardInterrupt), signals_deferred():
         _deliver(signal.SIGTERM)
         _deliver(signal.SIGINT)  # both held; the first one's handler runs after the block
+        finished = True
+    assert finished
     _ignored(signal.SIGINT)  # the worker is stopping
+
+
+def test_a_signal_held_while_a_write_fails_still_stops(worker_signals):
+    """Ctrl-C during a study write that then fails: the user asked to stop, and must not get
+    the write's traceback instead."""
+    with pytest.raises(KeyboardInterrupt), signals_deferred():
+        _deliver(signal.SIGINT)
+        raise OSError("the database went away")
+
+
+def test_a_signal_held_where_its_handler_ignores_it_is_ignored():
+    """The CLI's SIGTERM handler ignores a second SIGTERM while the runner cleans up; held
+    during the runner's recovery of stale trials, it must not become a KeyboardInterrupt
+    that cuts that recovery short."""
+    calls = []
+    old = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
+    try:
+        with signals_deferred():
+            _deliver(signal.SIGTERM)
+            assert not calls  # held
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert calls == [signal.SIGTERM]  # then handed to the handler, which did not raise
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -184,6 +212,15 @@ def test_a_worker_killed_while_giving_its_trial_back_loses_nothing(monkeypatch):
         worker_mod._give_back(study, trial)
     first, retry = study.get_trials()
     assert first.state == TrialState.RUNNING and retry.user_attrs["retry_of"] == 0
+
+
+def test_a_trial_stopped_too_often_is_failed_and_says_so(monkeypatch):
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask(X)
+    monkeypatch.setattr(worker_mod, "requeue", lambda *a: False)  # the bound is reached
+    worker_mod._give_back(study, trial)
+    (t,) = study.get_trials()
+    assert t.state == TrialState.FAIL and "not queued again" in t.user_attrs["fail_reason"]
 
 
 class _FakeWorker:

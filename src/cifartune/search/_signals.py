@@ -31,9 +31,11 @@ def stop_once(signum: int, frame: object) -> None:
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
     """Hold Ctrl-C and SIGTERM until the block is done, then act on the first as its handler
-    would have (KeyboardInterrupt): a study write that tells a trial's outcome, or fails one
-    and queues it again, must not be cut in half. Signals already ignored stay ignored.
-    Outside the main thread (where Python runs no signal handler) it holds nothing."""
+    would have (KeyboardInterrupt, or nothing where the handler ignores it; SIG_DFL, which
+    would kill the process, is taken as a KeyboardInterrupt): a study write that tells a
+    trial's outcome, or fails one and queues it again, must not be cut in half. Acted on
+    even when the block raises. Signals already ignored stay ignored. Outside the main
+    thread (where Python runs no signal handler) it holds nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -47,8 +49,8 @@ def signals_deferred() -> Iterator[None]:
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
-    if held:
-        handler = old[held[0]]
-        if callable(handler):
+        if held:
+            handler = old[held[0]]
+            if not callable(handler):
+                raise KeyboardInterrupt
             handler(held[0], None)
-        raise KeyboardInterrupt

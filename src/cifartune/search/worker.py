@@ -33,7 +33,12 @@ from cifartune.search._budget import (
     EXIT_ORPHANED,
     EXIT_USER_ERROR,
 )
-from cifartune.search._recovery import WHY_INTERRUPTED, machine_id, requeue
+from cifartune.search._recovery import (
+    MAX_INTERRUPTIONS,
+    WHY_INTERRUPTED,
+    machine_id,
+    requeue,
+)
 from cifartune.search._signals import STOP_SIGNALS, signals_deferred, stop_once
 from cifartune.search.placement import GPU_SHARERS
 from cifartune.search.results import prune_checkpoints
@@ -219,8 +224,10 @@ def _give_back(study: optuna.Study, trial: optuna.Trial) -> None:
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         if trial.number not in {t.number for t in running}:
             return
-        requeue(study, trial, WHY_INTERRUPTED)
-        trial.set_user_attr(ATTR_REASON, f"{WHY_INTERRUPTED}; queued again for resume")
+        queued = requeue(study, trial, WHY_INTERRUPTED)
+        trial.set_user_attr(ATTR_REASON, f"{WHY_INTERRUPTED}; " + (
+            "queued again for resume" if queued else
+            f"not queued again: its search was stopped {MAX_INTERRUPTIONS} times while it ran"))
         study.tell(trial, state=TrialState.FAIL)
 
 
