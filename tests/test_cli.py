@@ -153,10 +153,10 @@ from cifartune.cli import commands, main
 
 def cmd(args):
     try:
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.{first})
         time.sleep(30)
     except KeyboardInterrupt:
-        os.kill(os.getpid(), signal.SIGTERM)  # a second one while cleaning up: ignored
+        os.kill(os.getpid(), signal.{second})  # a second signal while cleaning up
         time.sleep(0.3)
         print("cleaned up")
         raise
@@ -166,11 +166,17 @@ sys.exit(main.main(["config"]))
 """
 
 
-def test_a_second_sigterm_does_not_cut_the_clean_up_short():
-    r = subprocess.run([sys.executable, "-c", STOPPED_DURING_CLEAN_UP], capture_output=True,
-                       text=True, timeout=120)
-    assert r.returncode == 143, r.stderr
-    assert "cleaned up" in r.stdout and "Traceback" not in r.stderr
+@pytest.mark.parametrize("first, second, code, cleaned_up", [
+    ("SIGTERM", "SIGTERM", 143, True),  # a scheduler repeating itself: ignored
+    ("SIGINT", "SIGTERM", 130, True),  # ignored after Ctrl-C too
+    ("SIGINT", "SIGINT", 130, False),  # Ctrl-C twice: the user means it (a search kills)
+])
+def test_a_second_signal_during_the_clean_up(first, second, code, cleaned_up):
+    script = STOPPED_DURING_CLEAN_UP.format(first=first, second=second)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=120, preexec_fn=restore_sigint)
+    assert r.returncode == code, r.stderr
+    assert ("cleaned up" in r.stdout) == cleaned_up and "Traceback" not in r.stderr
 
 
 def test_sigterm_is_handled_only_while_a_command_runs_and_only_if_nobody_else_does(
@@ -182,18 +188,23 @@ def test_sigterm_is_handled_only_while_a_command_runs_and_only_if_nobody_else_do
     from cifartune.cli import commands
 
     seen = []
-    monkeypatch.setattr(commands, "cmd_config",
-                        lambda args: seen.append(signal.getsignal(signal.SIGTERM)))
-    old = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    monkeypatch.setattr(commands, "cmd_config", lambda args: seen.append(
+        (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT))))
+    old = signal.signal(signal.SIGTERM, signal.SIG_DFL), signal.getsignal(signal.SIGINT)
     try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         assert main(["config"]) == 0
-        assert callable(seen[-1])  # while the command ran: SIGTERM stops it as Ctrl-C does
+        term, ctrl_c = seen[-1]  # while the command ran: both stop it the same way
+        assert term is ctrl_c and callable(term) and term is not signal.default_int_handler
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored after
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a caller that chose to ignore it
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a caller that chose to ignore them
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         assert main(["config"]) == 0
-        assert seen[-1] is signal.SIG_IGN
+        assert seen[-1] == (signal.SIG_IGN, signal.SIG_IGN)
     finally:
-        signal.signal(signal.SIGTERM, old)
+        signal.signal(signal.SIGTERM, old[0])
+        signal.signal(signal.SIGINT, old[1])
 
 
 def test_interrupted_training_resumes_from_its_last_completed_epoch(cifar_root, tmp_path,

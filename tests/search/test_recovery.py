@@ -55,6 +55,19 @@ def test_a_dead_local_process_is_recovered_at_once():
     assert [t.user_attrs["retry_of"] for t in after if t.state == TrialState.WAITING] == [0]
 
 
+def test_a_worker_the_search_stopped_itself_was_interrupted_not_dead():
+    """A worker killed by its own search while stopping (its grace period ran out, or a
+    second Ctrl-C) before it gave its trial back: the trial is an interruption, which does
+    not count against MAX_RETRIES."""
+    study = optuna.create_study(direction="maximize")
+    stopped = f"{machine_id()}:99999998"  # no such process any more
+    running(study, stopped)
+    running(study, f"{machine_id()}:99999999")  # died on its own
+    recover_stale(study, HeartbeatWatch(), {stopped})
+    assert [t.user_attrs["retry_reason"] for t in study.get_trials()[2:]] == [
+        WHY_INTERRUPTED, f"worker {machine_id()}:99999999 died (process gone)"]
+
+
 def test_a_remote_heartbeat_is_judged_by_change_on_the_local_clock_only():
     """A worker on a machine whose clock is 1,000 s behind stamps what looks like an old time:
     it is alive as long as its heartbeat moves; silent for the grace period, it is dead."""

@@ -264,10 +264,12 @@ def test_a_stopped_search_stops_cleanly_and_rerun_resumes(tmp_path, tiny_space, 
     assert "Traceback" not in (run / "workers" / "worker-0.log").read_text()
     trials = load(run).get_trials()
     assert not [t for t in trials if t.state == TrialState.RUNNING]
-    # the interrupted trial was given back by its worker, not found dead (killed) and counted
-    # as a retry
+    # the interrupted trial was given back by its worker (which says why on the trial
+    # itself), not found dead after being killed; either way not counted as a retry
     retries = [t for t in trials if "retry_of" in t.user_attrs]
     assert retries and all(t.user_attrs["retry_reason"] == WHY_INTERRUPTED for t in retries)
+    assert all(trials[t.user_attrs["retry_of"]].user_attrs["fail_reason"].startswith(
+        WHY_INTERRUPTED) for t in retries)
     r = search(run, tiny_space, small_root, "--n-trials", "5", "--pruner", "none")
     assert r.returncode == 0, r.stderr
     c = states(load(run))

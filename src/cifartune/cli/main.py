@@ -102,37 +102,44 @@ def _quiet_optuna() -> None:
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[list[int]]:
-    """SIGTERM (`kill PID`, `timeout`, a batch scheduler's time limit) stops the command as
-    Ctrl-C does (the resume hint, workers stopped after recording), not silently mid-epoch.
-    Yields the list of SIGTERMs received (one at most). A second SIGTERM is ignored: it must
-    not cut the clean-up short. Only where SIGTERM still does its default (kill at once): a
-    caller that ignores or handles it itself keeps its choice."""
+def _stop_signals() -> Iterator[list[int]]:
+    """Ctrl-C and SIGTERM (`kill PID`, `timeout`, a batch scheduler's time limit) stop the
+    command the same way (KeyboardInterrupt: the resume hint, workers stopped after
+    recording), not silently mid-epoch. Yields the signals received, the first one first.
+    After the first, SIGTERM is ignored (it must not cut the clean-up short) and Ctrl-C
+    interrupts as usual (a second one makes a search kill its workers). Each is taken only
+    where it still has its default (SIGTERM kills at once, Ctrl-C raises): a caller that
+    ignores or handles it itself keeps its choice."""
     received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    defaults = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}
+    mine = {s: h for s, h in defaults.items() if signal.getsignal(s) is h}
 
     def stop(signum: int, frame: object) -> None:
         received.append(signum)
-        # Not SIG_IGN: a SIGTERM caught meanwhile would then raise "OSError: Signal 15
-        # ignored due to race condition" when Python comes to handle it.
-        signal.signal(signal.SIGTERM, lambda signum, frame: None)
+        if signal.SIGTERM in mine:  # not SIG_IGN: a SIGTERM caught meanwhile would then
+            # raise "OSError: Signal 15 ignored due to race condition" when handled
+            signal.signal(signal.SIGTERM, lambda signum, frame: None)
+        if signal.SIGINT in mine:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         raise KeyboardInterrupt
 
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
-        yield received
-        return
-    old = signal.signal(signal.SIGTERM, stop)
     try:
+        for s in mine:
+            signal.signal(s, stop)
         yield received
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for s, handler in mine.items():
+            signal.signal(s, handler)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_optuna()
-    with _sigterm_as_interrupt() as terminated:
+    with _stop_signals() as received:
         try:
             code = args.func(args) or 0
         except CifartuneError as e:
@@ -143,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             code = 130
     # 128 + the signal's number, as a shell reports a command that signal ended: a script or
     # scheduler tells a stop on request (143) from an interruption (130, Ctrl-C).
-    return 128 + signal.SIGTERM if terminated and code == 130 else code
+    return 128 + received[0] if received and code == 130 else code
 
 
 if __name__ == "__main__":

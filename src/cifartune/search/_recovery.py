@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Set
 from pathlib import Path
 
 import optuna
@@ -144,10 +145,13 @@ def requeue(study: optuna.Study, t: FrozenTrial | optuna.Trial, why: str) -> boo
     return True
 
 
-def recover_stale(study: optuna.Study, watch: HeartbeatWatch) -> list[tuple[int, str]]:
+def recover_stale(study: optuna.Study, watch: HeartbeatWatch,
+                  stopped: Set[str] = frozenset()) -> list[tuple[int, str]]:
     """Fail the trials of dead workers and queue each again; returns (number, why) of each.
     A trial failed here has no fail_reason of its own (Optuna's public API cannot set one on
-    another process's trial): its retry carries why (`trial.fail_reason` reads it)."""
+    another process's trial): its retry carries why (`trial.fail_reason` reads it).
+    `stopped`: workers (ATTR_WORKER ids) this search stopped itself; a trial of one killed
+    before it gave the trial back was interrupted, and is not counted as a retry."""
     recovered = []
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for number in watch.seen.keys() - {t.number for t in running}:
@@ -156,6 +160,8 @@ def recover_stale(study: optuna.Study, watch: HeartbeatWatch) -> list[tuple[int,
         why = watch.stale(t)
         if why is None:
             continue
+        if t.user_attrs.get(ATTR_WORKER) in stopped:
+            why = WHY_INTERRUPTED
         with signals_deferred():  # a Ctrl-C between the two would lose the trial for good
             try:
                 study.tell(t.number, state=TrialState.FAIL)

@@ -40,17 +40,27 @@ def signals_deferred() -> Iterator[None]:
         yield
         return
     held: list[int] = []
-    old = {s: signal.getsignal(s) for s in STOP_SIGNALS}
-    for s, handler in old.items():
-        if handler not in (signal.SIG_IGN, _ignore):
-            signal.signal(s, lambda signum, frame: held.append(signum))
+    old: dict[int, object] = {}
     try:
+        # Installed one by one inside the try: a signal acted on before its own holder is
+        # set (it stops the process) still has the ones already set put back.
+        for s in STOP_SIGNALS:
+            handler = signal.getsignal(s)
+            if handler not in (signal.SIG_IGN, _ignore):
+                old[s] = signal.signal(s, lambda signum, frame: held.append(signum))
         yield
     finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
+        try:
+            _restore(old)
+        finally:  # a signal acted on halfway through (its handler restored) does not leave
+            _restore(old)  # the other holder in place
         if held:
             handler = old[held[0]]
             if not callable(handler):
                 raise KeyboardInterrupt
             handler(held[0], None)
+
+
+def _restore(handlers: dict[int, object]) -> None:
+    for s, handler in handlers.items():
+        signal.signal(s, handler)

@@ -140,6 +140,11 @@ class _Workers:
     def alive(self) -> int:
         return sum(p is not None and p.poll() is None for p in self.procs)
 
+    def ids(self) -> set[str]:
+        """The ATTR_WORKER ids of the worker processes alive now."""
+        return {f"{_recovery.machine_id()}:{p.pid}" for p in self.procs
+                if p is not None and p.poll() is None}
+
     def check(self, study: optuna.Study) -> list[str]:
         """Restart workers that crashed, and replace those that gave way after a CUDA error,
         while there is budget left."""
@@ -259,12 +264,13 @@ def run_search(run_dir: Path, space: SearchSpace, base: Config, settings: Search
                 return snapshot(study, settings, start, deadline, 0,
                                 [pending] if isinstance(pending, str) else [])
     finally:  # Ctrl-C, or any error here: never leave workers running unattended
+        stopped = workers.ids()
         try:
-            if workers.alive():
+            if stopped:
                 workers.stop()
-        finally:  # nor a trial RUNNING whose worker is gone (a worker may die mid-stop)
+        finally:  # nor a trial RUNNING whose worker is gone (killed mid-stop, say)
             with contextlib.suppress(Exception):
-                _recovery.recover_stale(study, watch)
+                _recovery.recover_stale(study, watch, stopped)
 
 
 def _recovery_pending(study: optuna.Study, watch: _recovery.HeartbeatWatch, workers: _Workers,
