@@ -268,7 +268,7 @@ def test_a_stopped_search_stops_cleanly_and_rerun_resumes(tmp_path, tiny_space, 
     # itself), not found dead after being killed; either way not counted as a retry
     retries = [t for t in trials if "retry_of" in t.user_attrs]
     assert retries and all(t.user_attrs["retry_reason"] == WHY_INTERRUPTED for t in retries)
-    assert all(trials[t.user_attrs["retry_of"]].user_attrs["fail_reason"].startswith(
+    assert all(trials[t.user_attrs["retry_of"]].user_attrs.get("fail_reason", "").startswith(
         WHY_INTERRUPTED) for t in retries)
     r = search(run, tiny_space, small_root, "--n-trials", "5", "--pruner", "none")
     assert r.returncode == 0, r.stderr

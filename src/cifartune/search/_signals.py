@@ -40,20 +40,23 @@ def signals_deferred() -> Iterator[None]:
         yield
         return
     held: list[int] = []
-    old: dict[int, object] = {}
+
+    def hold(signum: int, frame: object) -> None:
+        held.append(signum)
+
+    old = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    old = {s: h for s, h in old.items() if h not in (signal.SIG_IGN, _ignore)}
     try:
-        # Installed one by one inside the try: a signal acted on before its own holder is
-        # set (it stops the process) still has the ones already set put back.
-        for s in STOP_SIGNALS:
-            handler = signal.getsignal(s)
-            if handler not in (signal.SIG_IGN, _ignore):
-                old[s] = signal.signal(s, lambda signum, frame: held.append(signum))
+        # Installed inside the try: a signal acted on before its own holder is set (it
+        # stops the process) still has the holders already set put back.
+        for s in old:
+            signal.signal(s, hold)
         yield
     finally:
         try:
-            _restore(old)
-        finally:  # a signal acted on halfway through (its handler restored) does not leave
-            _restore(old)  # the other holder in place
+            _restore(old, hold)
+        finally:  # a signal acted on halfway through (its handler put back) must not leave
+            _restore(old, hold)  # the other holder in place
         if held:
             handler = old[held[0]]
             if not callable(handler):
@@ -61,6 +64,9 @@ def signals_deferred() -> Iterator[None]:
             handler(held[0], None)
 
 
-def _restore(handlers: dict[int, object]) -> None:
+def _restore(handlers: dict[int, object], hold: object) -> None:
+    """Put back each handler where the holder is still in place: a handler that ran
+    meanwhile may have set another (the CLI's ignores SIGTERM after the first signal)."""
     for s, handler in handlers.items():
-        signal.signal(s, handler)
+        if signal.getsignal(s) is hold:
+            signal.signal(s, handler)
