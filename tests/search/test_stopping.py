@@ -287,3 +287,18 @@ def test_a_worker_whose_runner_is_gone_exits(tmp_path, monkeypatch):
     assert workers._env(0)[ENV_RUNNER_PID] == str(os.getpid())  # the runner names itself
     monkeypatch.setattr(worker_mod, "_die_with_parent", lambda: False)
     assert worker_mod.main([str(tmp_path), "0", "0"]) == EXIT_ORPHANED  # before any work
+
+
+def test_a_handler_set_while_signals_are_held_is_kept():
+    """A handler run meanwhile may set another (the CLI's, on a first Ctrl-C, makes SIGTERM
+    ignored): putting the saved handler back would undo that."""
+    def ignoring(signum, frame):
+        pass
+
+    old = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        with signals_deferred():
+            signal.signal(signal.SIGTERM, ignoring)
+        assert signal.getsignal(signal.SIGTERM) is ignoring
+    finally:
+        signal.signal(signal.SIGTERM, old)
