@@ -69,6 +69,11 @@ def machine_id() -> str:
     return "-".join(p for p in parts if p)
 
 
+def worker_id(pid: int) -> str:
+    """The id a worker process `pid` of this machine puts on its trials (ATTR_WORKER)."""
+    return f"{machine_id()}:{pid}"
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

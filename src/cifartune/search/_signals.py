@@ -44,8 +44,8 @@ def signals_deferred() -> Iterator[None]:
     def hold(signum: int, frame: object) -> None:
         held.append(signum)
 
-    old = {s: signal.getsignal(s) for s in STOP_SIGNALS}
-    old = {s: h for s, h in old.items() if h not in (signal.SIG_IGN, _ignore)}
+    old = {s: h for s in STOP_SIGNALS
+           if (h := signal.getsignal(s)) not in (signal.SIG_IGN, _ignore)}
     try:
         # Installed inside the try: a signal acted on before its own holder is set (it
         # stops the process) still has the holders already set put back.

@@ -137,13 +137,15 @@ class _Workers:
             stdin=subprocess.DEVNULL)
         log.close()
 
+    def _live(self) -> list[subprocess.Popen]:
+        return [p for p in self.procs if p is not None and p.poll() is None]
+
     def alive(self) -> int:
-        return sum(p is not None and p.poll() is None for p in self.procs)
+        return len(self._live())
 
     def ids(self) -> set[str]:
         """The ATTR_WORKER ids of the worker processes alive now."""
-        return {f"{_recovery.machine_id()}:{p.pid}" for p in self.procs
-                if p is not None and p.poll() is None}
+        return {_recovery.worker_id(p.pid) for p in self._live()}
 
     def check(self, study: optuna.Study) -> list[str]:
         """Restart workers that crashed, and replace those that gave way after a CUDA error,
@@ -178,7 +180,7 @@ class _Workers:
         """A fresh process for slot `i`, whose worker (process `pid`) gave way after a CUDA
         error. A slot whose processes keep failing before they finish a trial (a faulty GPU,
         kernels built for another GPU) is given up, not fed the whole budget."""
-        worker = f"{_recovery.machine_id()}:{pid}"
+        worker = _recovery.worker_id(pid)
         finished = (TrialState.COMPLETE, TrialState.PRUNED)
         if any(t.user_attrs.get(ATTR_WORKER) == worker and t.state in finished
                for t in study.get_trials(deepcopy=False)):
@@ -201,7 +203,7 @@ class _Workers:
         workers ignored until they set their handlers), then kill what is still alive after
         `grace` seconds, or at once on a second Ctrl-C: no worker is ever left behind (they
         ignore signals while stopping)."""
-        live = [p for p in self.procs if p is not None and p.poll() is None]
+        live = self._live()
         try:
             _signal_and_wait(live, signal.SIGTERM, grace)
         finally:

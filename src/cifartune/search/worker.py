@@ -36,8 +36,8 @@ from cifartune.search._budget import (
 from cifartune.search._recovery import (
     MAX_INTERRUPTIONS,
     WHY_INTERRUPTED,
-    machine_id,
     requeue,
+    worker_id,
 )
 from cifartune.search._signals import STOP_SIGNALS, signals_deferred, stop_once
 from cifartune.search.placement import GPU_SHARERS
@@ -93,10 +93,6 @@ class Heartbeat:
     def close(self) -> None:
         self.watch(None)
         self._stop.set()
-
-
-def worker_id() -> str:
-    return f"{machine_id()}:{os.getpid()}"
 
 
 def _rss_mb() -> float:
@@ -207,7 +203,7 @@ def next_trial(study: optuna.Study, defn: SearchDefinition,
         try:
             with signals_deferred():
                 trial = study.ask()
-                trial.set_user_attr(ATTR_WORKER, worker_id())
+                trial.set_user_attr(ATTR_WORKER, worker_id(os.getpid()))
         except KeyboardInterrupt:
             if trial is not None:
                 _give_back(study, trial)
